@@ -1,0 +1,1 @@
+"""Generated from protos/ortserve_client/proto/*.proto; regenerate with scripts/generate_stubs.py."""

@@ -1,0 +1,114 @@
+"""Server settings: CLI flags > environment (ORTSERVE_*) > defaults, validated once at start.
+
+`ServerSettings` is built once by the CLI (or by tests, directly) and passed down through
+constructors; nothing reads settings from globals or the environment after start-up.
+Every field carries its unit in its name.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+DEVICES = ("auto", "cpu", "cuda")
+ENV_PREFIX = "ORTSERVE_"
+
+
+class SettingsError(ValueError):
+    """A setting has an invalid value; the message names the setting and what is allowed."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """Everything the server is told at start-up."""
+
+    model_repository: Path | None = None
+    """Model repository directory; None serves the bundled demo repository."""
+    host: str = "0.0.0.0"
+    """Address both ports bind to."""
+    grpc_port: int = 8001
+    """gRPC port (KServe V2 / Triton protocol and grpc.health.v1); 0 picks a free port."""
+    http_port: int = 8002
+    """HTTP port for /metrics and /v2/health/{live,ready}; 0 picks a free port, -1 disables it."""
+    device: str = "auto"
+    """Execution device: auto (CUDA when available), cpu, or cuda (fails without a GPU)."""
+    intra_op_threads: int = 0
+    """ONNX Runtime intra-op threads per instance; 0 divides the available cores among instances."""
+    default_max_batch_size: int = 32
+    """max_batch_size given to batchable models whose config does not set one."""
+    max_message_bytes: int = 2**31 - 1
+    """Largest gRPC message accepted or sent, in bytes."""
+    drain_seconds: float = 0.0
+    """On SIGTERM, how long to keep serving while reporting not ready (for load balancers)."""
+    grace_seconds: float = 30.0
+    """After the drain window, how long accepted requests may take to finish."""
+    log_level: str = "warning"
+    """Log level: debug, info, warning, error."""
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise SettingsError(f"device: expected one of {', '.join(DEVICES)}, got {self.device!r}")
+        for name in ("grpc_port",):
+            _check_port(name, getattr(self, name), allow_disabled=False)
+        _check_port("http_port", self.http_port, allow_disabled=True)
+        if self.intra_op_threads < 0:
+            raise SettingsError(f"intra_op_threads: expected >= 0, got {self.intra_op_threads}")
+        if self.default_max_batch_size < 1:
+            raise SettingsError(
+                f"default_max_batch_size: expected >= 1, got {self.default_max_batch_size}"
+            )
+        if not 1024 <= self.max_message_bytes <= 2**31 - 1:
+            raise SettingsError(
+                f"max_message_bytes: expected 1024..{2**31 - 1}, got {self.max_message_bytes}"
+            )
+        if self.drain_seconds < 0 or self.grace_seconds < 0:
+            raise SettingsError("drain_seconds and grace_seconds must be >= 0")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
+            raise SettingsError(f"log_level: expected debug, info, warning or error, got {self.log_level!r}")
+        if self.model_repository is not None and not Path(self.model_repository).is_dir():
+            raise SettingsError(f"model_repository: {self.model_repository} is not a directory")
+
+    @classmethod
+    def from_sources(
+        cls, flags: Mapping[str, Any], environ: Mapping[str, str] | None = None
+    ) -> ServerSettings:
+        """Merge flags (None = not given) over ORTSERVE_* environment variables over defaults."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            flag = flags.get(f.name)
+            raw: Any = flag if flag is not None else env.get(ENV_PREFIX + f.name.upper())
+            if raw is None:
+                continue
+            values[f.name] = _coerce(f.name, f.type, raw)
+        return cls(**values)
+
+
+def env_name(setting: str) -> str:
+    """The environment variable of a setting, e.g. grpc_port -> ORTSERVE_GRPC_PORT."""
+    return ENV_PREFIX + setting.upper()
+
+
+def _coerce(name: str, type_name: Any, raw: Any) -> Any:
+    kind = str(type_name)
+    try:
+        if "Path" in kind:
+            return Path(raw)
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        return str(raw)
+    except ValueError:
+        raise SettingsError(f"{name}: expected {kind}, got {raw!r} (from {env_name(name)} or --{name.replace('_', '-')})") from None
+
+
+def _check_port(name: str, port: int, *, allow_disabled: bool) -> None:
+    low = -1 if allow_disabled else 0
+    if not low <= port <= 65535:
+        raise SettingsError(f"{name}: expected {low}..65535, got {port}")
+
+

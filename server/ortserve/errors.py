@@ -1,0 +1,73 @@
+"""One transport-free exception hierarchy for ortserve.
+
+Domain code raises these; exactly one edge (`ortserve.protocol.status`) maps them to gRPC
+status codes, most specific class first. No class here knows a transport code.
+
+    OrtserveError
+    ├── ModelNotFoundError          unknown model or version
+    ├── InvalidInputError           a tensor's name, dtype, shape or byte size is wrong
+    ├── UnavailableError            retry elsewhere or later
+    │   ├── ModelNotReadyError      the model is loading, unloading or failed to load
+    │   ├── ServerDrainingError     the server is shutting down
+    │   └── QueueFullError          a queue bound was hit
+    ├── ResourceExhaustedError      a size or rate limit was exceeded
+    ├── DeadlineExceededError       the request's deadline passed before it ran
+    ├── RequestCancelledError       the caller cancelled the request
+    ├── UnsupportedError            a feature this server does not offer
+    ├── ModelLoadError              a model could not be loaded (reported, not served)
+    └── InternalError               a fault of the server or the model's execution
+"""
+
+from __future__ import annotations
+
+
+class OrtserveError(Exception):
+    """Base of every error ortserve raises on purpose; the message is for the caller."""
+
+
+class ModelNotFoundError(OrtserveError):
+    """The requested model or model version is not in the repository."""
+
+
+class InvalidInputError(OrtserveError):
+    """The request is malformed or does not match the model's signature."""
+
+
+class UnavailableError(OrtserveError):
+    """The server cannot take the request now; the client may retry elsewhere."""
+
+
+class ModelNotReadyError(UnavailableError):
+    """The model exists but is not ready (loading, unloading or failed)."""
+
+
+class ServerDrainingError(UnavailableError):
+    """The server is draining before shutdown and refuses new work."""
+
+
+class QueueFullError(UnavailableError):
+    """A queue bound was reached."""
+
+
+class ResourceExhaustedError(OrtserveError):
+    """The request exceeds a size or rate limit."""
+
+
+class DeadlineExceededError(OrtserveError):
+    """The request's deadline or timeout passed before it could be answered."""
+
+
+class RequestCancelledError(OrtserveError):
+    """The caller cancelled the request."""
+
+
+class UnsupportedError(OrtserveError):
+    """The request asks for something this server does not implement."""
+
+
+class ModelLoadError(OrtserveError):
+    """A model version could not be loaded; the reason is reported in the repository index."""
+
+
+class InternalError(OrtserveError):
+    """A fault of the server or of the model's execution, not of the request."""
