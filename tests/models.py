@@ -1,0 +1,93 @@
+"""Small real ONNX models for the tests, built with the `onnx` package.
+
+Every builder returns an `onnx.ModelProto`; `save(model, repo, name, version)` lays it out
+as `<repo>/<name>/<version>/model.onnx`. Batchable models have a symbolic first dim.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import onnx
+from onnx import TensorProto, helper
+
+OPSET = 17
+IR_VERSION = 8  # accepted by every onnxruntime >= 1.15
+
+# KServe datatype -> ONNX element type.
+ONNX_TYPES = {
+    "BOOL": TensorProto.BOOL,
+    "UINT8": TensorProto.UINT8,
+    "UINT16": TensorProto.UINT16,
+    "UINT32": TensorProto.UINT32,
+    "UINT64": TensorProto.UINT64,
+    "INT8": TensorProto.INT8,
+    "INT16": TensorProto.INT16,
+    "INT32": TensorProto.INT32,
+    "INT64": TensorProto.INT64,
+    "FP16": TensorProto.FLOAT16,
+    "FP32": TensorProto.FLOAT,
+    "FP64": TensorProto.DOUBLE,
+    "BYTES": TensorProto.STRING,
+}
+
+Dims = Sequence[int | str | None]
+
+
+def _model(graph: onnx.GraphProto) -> onnx.ModelProto:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = IR_VERSION
+    onnx.checker.check_model(model)
+    return model
+
+
+def _vi(name: str, datatype: str, dims: Dims) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, ONNX_TYPES[datatype], list(dims))
+
+
+def add_sub(datatype: str = "FP32", dims: Dims = ("batch", 4)) -> onnx.ModelProto:
+    """INPUT0, INPUT1 -> OUTPUT0 = INPUT0 + INPUT1, OUTPUT1 = INPUT0 - INPUT1 (Triton's classic)."""
+    nodes = [
+        helper.make_node("Add", ["INPUT0", "INPUT1"], ["OUTPUT0"]),
+        helper.make_node("Sub", ["INPUT0", "INPUT1"], ["OUTPUT1"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "add_sub",
+        [_vi("INPUT0", datatype, dims), _vi("INPUT1", datatype, dims)],
+        [_vi("OUTPUT0", datatype, dims), _vi("OUTPUT1", datatype, dims)],
+    )
+    return _model(graph)
+
+
+def identity(datatype: str = "FP32", dims: Dims = ("batch", 4)) -> onnx.ModelProto:
+    """x -> y, unchanged: round-trips any datatype, BYTES (ONNX string) included."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "identity",
+        [_vi("x", datatype, dims)],
+        [_vi("y", datatype, dims)],
+    )
+    return _model(graph)
+
+
+def scale(factor: float = 2.0, dims: Dims = ("batch", 3)) -> onnx.ModelProto:
+    """FP32 x -> y = x * factor; distinct factors tell model versions apart."""
+    const = helper.make_tensor("factor", TensorProto.FLOAT, [], [factor])
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "factor"], ["y"])],
+        "scale",
+        [_vi("x", "FP32", dims)],
+        [_vi("y", "FP32", dims)],
+        initializer=[const],
+    )
+    return _model(graph)
+
+
+def save(model: onnx.ModelProto, repo: Path, name: str, version: int = 1) -> Path:
+    """Write `model` to <repo>/<name>/<version>/model.onnx and return that path."""
+    path = repo / name / str(version) / "model.onnx"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
