@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 DEVICES = ("auto", "cpu", "cuda")
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 ENV_PREFIX = "ORTSERVE_"
 
 
@@ -45,8 +46,10 @@ class ServerSettings:
     """On SIGTERM, how long to keep serving while reporting not ready (for load balancers)."""
     grace_seconds: float = 30.0
     """After the drain window, how long accepted requests may take to finish."""
-    log_level: str = "warning"
-    """Log level: debug, info, warning, error."""
+    log_level: str = "info"
+    """Log level: debug, info, warning, error (the request path never logs below warning)."""
+    event_loop: str = "auto"
+    """Event loop: auto (uvloop when installed), uvloop, or asyncio."""
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -68,6 +71,8 @@ class ServerSettings:
             raise SettingsError("drain_seconds and grace_seconds must be >= 0")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise SettingsError(f"log_level: expected debug, info, warning or error, got {self.log_level!r}")
+        if self.event_loop not in EVENT_LOOPS:
+            raise SettingsError(f"event_loop: expected one of {', '.join(EVENT_LOOPS)}, got {self.event_loop!r}")
         if self.model_repository is not None and not Path(self.model_repository).is_dir():
             raise SettingsError(f"model_repository: {self.model_repository} is not a directory")
 

@@ -1,0 +1,194 @@
+"""The composition root: builds the parts, owns start-up and graceful shutdown.
+
+Start-up, in steps:
+1. Bind the gRPC port (inference + grpc.health.v1) and the HTTP side port, so that
+   liveness answers while models load; readiness is false until step 3 is done.
+2. Load every model of the repository in worker threads (a broken model is reported,
+   the others serve).
+3. Report ready (V2 ServerReady, grpc.health SERVING, HTTP /v2/health/ready 200).
+
+Shutdown (SIGTERM), as DESIGN.md's contract:
+1. Report not ready at once; keep serving for `drain_seconds` so load balancers stop
+   routing here.
+2. Refuse new inference with UNAVAILABLE.
+3. Let every accepted request finish within `grace_seconds`, then stop the models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from prometheus_client import CollectorRegistry
+
+from ortserve.config import ServerSettings
+from ortserve.dataplane import DataPlane
+from ortserve.observability import StatsCollector
+from ortserve.protocol import HealthMetricsServer, InferenceServicer
+from ortserve.repository import ModelRegistry
+from ortserve.runtime import RuntimeOptions
+from ortserve_client.proto import grpc_service_pb2_grpc as pb_grpc
+
+log = logging.getLogger("ortserve")
+
+SERVICE_NAME = "inference.GRPCInferenceService"
+
+
+def demo_repository() -> Path:
+    from ortserve.demo import DEMO_REPOSITORY
+
+    return DEMO_REPOSITORY
+
+
+class OrtServer:
+    """One ortserve server: gRPC + HTTP ports over a model registry."""
+
+    def __init__(
+        self, settings: ServerSettings, *, metrics_registry: CollectorRegistry | None = None
+    ) -> None:
+        self.settings = settings
+        self.repository = settings.model_repository or demo_repository()
+        self.metrics_registry = metrics_registry or CollectorRegistry()
+        self.registry = ModelRegistry(
+            self.repository,
+            RuntimeOptions(device=settings.device, intra_op_threads=settings.intra_op_threads),
+            default_max_batch_size=settings.default_max_batch_size,
+        )
+        self.dataplane = DataPlane(self.registry)
+        self.metrics_registry.register(StatsCollector(self.registry.stats))
+        self.grpc_port = -1
+        self.http_port = -1
+        self._grpc: aio.Server | None = None
+        self._http: HealthMetricsServer | None = None
+        self._health = health.aio.HealthServicer()
+
+    async def start(self) -> None:
+        """Bind both ports, load the repository, then report ready."""
+        s = self.settings
+        self._grpc = aio.server(
+            options=[
+                ("grpc.max_receive_message_length", s.max_message_bytes),
+                ("grpc.max_send_message_length", s.max_message_bytes),
+                # Without this a second server could silently share the port.
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.dataplane), self._grpc)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
+        await self._set_health(serving=False)
+        address = f"{s.host}:{s.grpc_port}"
+        try:
+            self.grpc_port = self._grpc.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise OSError(f"cannot bind the gRPC port {address}: {exc}") from exc
+        if s.http_port >= 0:
+            self._http = HealthMetricsServer(
+                s.host, s.http_port, self.metrics_registry, self.dataplane.live, self.dataplane.ready
+            )
+            self.http_port = self._http.port
+            self._http.start()
+        await self._grpc.start()
+        log.info(
+            "ortserve listening: gRPC %s:%d, HTTP %s; loading models from %s",
+            s.host,
+            self.grpc_port,
+            f"{s.host}:{self.http_port}" if self._http else "off",
+            self.repository,
+        )
+        await self.registry.load_all()
+        self.dataplane.started = True
+        await self._set_health(serving=True)
+        for row in self.registry.index():
+            log.info(
+                "model %s version %s: %s%s", row.name, row.version or "-", row.state,
+                f" ({row.reason})" if row.reason else "",
+            )
+        log.info("ortserve ready")
+
+    async def shutdown(self) -> None:
+        """Drain and stop (the shutdown contract in the module docstring)."""
+        s = self.settings
+        self.dataplane.draining = True
+        await self._set_health(serving=False)
+        if s.drain_seconds:
+            log.info("draining: not ready, still serving for %.1f s", s.drain_seconds)
+            await asyncio.sleep(s.drain_seconds)
+        self.dataplane.refusing = True
+        log.info("refusing new requests; finishing %d in flight", self.dataplane.in_flight)
+        if self._grpc is not None:
+            await self._grpc.stop(s.grace_seconds)
+        await self.registry.close(timeout_s=1.0)
+        if self._http is not None:
+            await asyncio.to_thread(self._http.stop)
+        log.info("ortserve stopped")
+
+    async def _set_health(self, *, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for service in ("", SERVICE_NAME):
+            await self._health.set(service, status)
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def run_event_loop(main: Callable[[], Coroutine[Any, Any, int]], choice: str) -> int:
+    """Run `main` on uvloop or asyncio, as chosen by name ("auto": uvloop when installed)."""
+    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    if choice in ("auto", "uvloop"):
+        try:
+            import uvloop
+
+            factory = uvloop.new_event_loop
+        except ImportError:
+            if choice == "uvloop":
+                raise
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main())
+
+
+def serve(settings: ServerSettings) -> int:
+    """Run a server until SIGTERM/SIGINT; a second signal forces an immediate exit."""
+    configure_logging(settings.log_level)
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        signals = 0
+
+        def on_signal(signum: int) -> None:
+            nonlocal signals
+            signals += 1
+            if signals > 1:
+                log.warning("second signal: exiting at once")
+                os._exit(1)
+            log.info("received %s: shutting down", signal.Signals(signum).name)
+            stop.set()
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, on_signal, signum)
+        server = OrtServer(settings)
+        try:
+            await server.start()
+        except OSError as exc:
+            log.error("%s", exc)
+            return 1
+        await stop.wait()
+        await server.shutdown()
+        return 0
+
+    return run_event_loop(main, settings.event_loop)

@@ -1,0 +1,199 @@
+"""DataPlane: the transport-agnostic core that the protocol servicers call.
+
+`infer` is the request path, in steps:
+
+1. Refuse new work while draining (UNAVAILABLE, the client retries elsewhere).
+2. Find the ready model version (NOT_FOUND / UNAVAILABLE).
+3. Check the tensors against its signature and the requested outputs (INVALID_ARGUMENT);
+   the tensors are already numpy views of the request bytes.
+4. Apply the request's `timeout` parameter (microseconds) on top of the caller's deadline.
+5. Submit to the model's batcher and await this request's slice of the batch outputs.
+6. Record the statistics once and return the outputs (views, encoded once at the edge).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from time import monotonic_ns
+from typing import Any
+
+import numpy as np
+
+from ortserve import __version__
+from ortserve.errors import (
+    DeadlineExceededError,
+    InvalidInputError,
+    OrtserveError,
+    RequestCancelledError,
+    ServerDrainingError,
+    UnavailableError,
+)
+from ortserve.observability import ModelStats
+from ortserve.repository import IndexEntry, ModelRegistry, ModelVersion
+
+SERVER_NAME = "ortserve"
+
+EXTENSIONS = ("model_configuration", "model_repository", "statistics")
+"""Triton protocol extensions this server implements (ServerMetadata.extensions)."""
+
+ParamValue = bool | int | float | str
+
+
+@dataclass(slots=True)
+class InferRequest:
+    """A decoded inference request."""
+
+    model_name: str
+    model_version: str
+    id: str
+    inputs: dict[str, np.ndarray]
+    requested_outputs: list[str] = field(default_factory=list)
+    parameters: dict[str, ParamValue] = field(default_factory=dict)
+    deadline_ns: int | None = None
+    """The caller's deadline on the monotonic clock, if any."""
+
+
+@dataclass(slots=True)
+class InferResponse:
+    """The outputs of one request, in the order they are to be returned."""
+
+    model_name: str
+    model_version: str
+    id: str
+    outputs: list[tuple[str, np.ndarray]]
+
+
+class DataPlane:
+    """Everything the servicers can ask of the server, with no transport in sight."""
+
+    def __init__(self, registry: ModelRegistry) -> None:
+        self.registry = registry
+        self.started = False
+        """True once the repository's initial load finished."""
+        self.draining = False
+        """True once shutdown began: not ready; new inference is refused after the drain window."""
+        self.refusing = False
+        self.in_flight = 0
+
+    # -- health and metadata ------------------------------------------------------------
+
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        return self.started and not self.draining
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        try:
+            self.registry.get(name, version)
+        except OrtserveError:
+            return False
+        return True
+
+    def server_metadata(self) -> tuple[str, str, tuple[str, ...]]:
+        return SERVER_NAME, __version__, EXTENSIONS
+
+    def model(self, name: str, version: str = "") -> ModelVersion:
+        """The ready model version (for metadata and config)."""
+        return self.registry.get(name, version)
+
+    def model_versions(self, name: str) -> list[str]:
+        return self.registry.ready_versions(name)
+
+    def statistics(self, name: str = "", version: str = "") -> list[tuple[str, str, ModelStats]]:
+        if not name:
+            if version:
+                raise InvalidInputError("statistics: a version was given without a model name")
+            return sorted(self.registry.stats())
+        if version:
+            found = self.registry.get(name, version)
+            return [(found.name, found.version_str, found.stats)]
+        self.registry.get(name)  # NOT_FOUND / UNAVAILABLE for an unknown or failed model
+        return sorted(s for s in self.registry.stats() if s[0] == name)
+
+    def repository_index(self, ready_only: bool = False) -> list[IndexEntry]:
+        rows = self.registry.index()
+        return [r for r in rows if r.state == "READY"] if ready_only else rows
+
+    async def load_model(self, name: str, parameters: dict[str, Any]) -> None:
+        if parameters:
+            raise InvalidInputError(
+                f"load of model {name!r}: parameters {sorted(parameters)} are not supported yet "
+                "(config overrides arrive with model management); send none"
+            )
+        self._check_not_draining()
+        await self.registry.load(name)
+
+    async def unload_model(self, name: str) -> None:
+        await self.registry.unload(name)
+
+    # -- inference ----------------------------------------------------------------------
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        """Run one request through its model's batcher (see the module docstring)."""
+        start_ns = monotonic_ns()
+        self._check_not_draining()
+        model = self.registry.get(request.model_name, request.model_version)
+        self.in_flight += 1
+        try:
+            inputs, rows = model.signature.check_inputs(request.inputs)
+            names = model.signature.check_outputs(request.requested_outputs)
+            deadline_ns = _deadline(request, start_ns)
+            result = await model.infer(inputs, rows=rows, deadline_ns=deadline_ns)
+        except asyncio.CancelledError:
+            model.stats.record_failure(monotonic_ns() - start_ns, "CANCELED")
+            raise
+        except OrtserveError as exc:
+            model.stats.record_failure(monotonic_ns() - start_ns, _failure_reason(exc))
+            raise
+        except Exception:
+            model.stats.record_failure(monotonic_ns() - start_ns, "OTHER")
+            raise
+        finally:
+            self.in_flight -= 1
+        model.stats.record_success(
+            rows,
+            monotonic_ns() - start_ns,
+            result.queue_ns,
+            result.compute_input_ns,
+            result.compute_infer_ns,
+            result.compute_output_ns,
+        )
+        outputs = result.outputs
+        return InferResponse(
+            model.name, model.version_str, request.id, [(name, outputs[name]) for name in names]
+        )
+
+    def _check_not_draining(self) -> None:
+        if self.refusing:
+            raise ServerDrainingError("the server is shutting down and takes no new requests; retry on another replica")
+
+    def models(self) -> Iterator[ModelVersion]:
+        return self.registry.loaded()
+
+
+def _deadline(request: InferRequest, now_ns: int) -> int | None:
+    deadline = request.deadline_ns
+    timeout = request.parameters.get("timeout")
+    if timeout is not None:
+        if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 0:
+            raise InvalidInputError(
+                f"parameter 'timeout' must be a non-negative int64 of microseconds, got {timeout!r}"
+            )
+        if timeout:
+            own = now_ns + timeout * 1000
+            deadline = own if deadline is None else min(deadline, own)
+    return deadline
+
+
+def _failure_reason(exc: OrtserveError) -> str:
+    # Triton's nv_inference_request_failure reasons.
+    if isinstance(exc, (InvalidInputError, UnavailableError)):
+        return "REJECTED"
+    if isinstance(exc, RequestCancelledError):
+        return "CANCELED"
+    if isinstance(exc, DeadlineExceededError):
+        return "REJECTED"
+    return "BACKEND"

@@ -1,0 +1,89 @@
+"""Cumulative inference statistics of one model version, in Triton's terms.
+
+Updated only on the event loop thread (the batcher reports on it), so no lock is needed;
+a scrape reading them from another thread sees each integer whole.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class Duration:
+    """A count of events and their total duration in nanoseconds."""
+
+    count: int = 0
+    ns: int = 0
+
+    def add(self, ns: int, count: int = 1) -> None:
+        self.count += count
+        self.ns += ns
+
+
+@dataclass(slots=True)
+class BatchSizeStats:
+    """Executions of one batch size and their compute durations."""
+
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+
+
+@dataclass(slots=True)
+class ModelStats:
+    """What ModelStatistics reports for one model version.
+
+    Per request (as Triton counts them): success/fail with end-to-end duration, queue
+    wait, and the compute durations of the batch the request ran in. Per execution:
+    execution_count and the per-batch-size breakdown. inference_count counts rows.
+    """
+
+    success: Duration = field(default_factory=Duration)
+    fail: Duration = field(default_factory=Duration)
+    queue: Duration = field(default_factory=Duration)
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+    inference_count: int = 0
+    execution_count: int = 0
+    last_inference_ms: int = 0
+    failures_by_reason: dict[str, int] = field(default_factory=dict)
+    batch_sizes: dict[int, BatchSizeStats] = field(default_factory=dict)
+
+    def record_success(
+        self,
+        rows: int,
+        duration_ns: int,
+        queue_ns: int,
+        compute_input_ns: int,
+        compute_infer_ns: int,
+        compute_output_ns: int,
+    ) -> None:
+        """One request answered: its end-to-end, queue and compute times."""
+        self.success.add(duration_ns)
+        self.queue.add(queue_ns)
+        self.compute_input.add(compute_input_ns)
+        self.compute_infer.add(compute_infer_ns)
+        self.compute_output.add(compute_output_ns)
+        self.inference_count += rows
+        self.last_inference_ms = time.time_ns() // 1_000_000
+
+    def record_failure(self, duration_ns: int, reason: str) -> None:
+        """One request failed; `reason` is a short label (REJECTED, CANCELED, BACKEND, OTHER)."""
+        self.fail.add(duration_ns)
+        self.failures_by_reason[reason] = self.failures_by_reason.get(reason, 0) + 1
+        self.last_inference_ms = time.time_ns() // 1_000_000
+
+    def record_batch(
+        self, rows: int, compute_input_ns: int, compute_infer_ns: int, compute_output_ns: int
+    ) -> None:
+        """One model execution of `rows` rows."""
+        self.execution_count += 1
+        stats = self.batch_sizes.get(rows)
+        if stats is None:
+            stats = self.batch_sizes[rows] = BatchSizeStats()
+        stats.compute_input.add(compute_input_ns)
+        stats.compute_infer.add(compute_infer_ns)
+        stats.compute_output.add(compute_output_ns)

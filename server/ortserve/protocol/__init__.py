@@ -1,0 +1,13 @@
+"""The protocol room: the only place that imports grpc and the generated service stubs.
+
+Owns: the GRPCInferenceService servicer (KServe V2 / Triton), the tensor codec between
+protobuf messages and numpy, the exception -> status code table, the standard
+grpc.health.v1 service, and the HTTP side port for probes and metrics.
+
+Calls into the DataPlane only; holds no policy.
+"""
+
+from ortserve.protocol.http import HealthMetricsServer
+from ortserve.protocol.servicer import InferenceServicer
+
+__all__ = ["HealthMetricsServer", "InferenceServicer"]

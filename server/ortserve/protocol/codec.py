@@ -1,0 +1,188 @@
+"""Tensor codec: ModelInferRequest -> numpy, numpy -> ModelInferResponse, once, at the edge.
+
+Raw contents become numpy views of the request bytes (`np.frombuffer`, no copy); typed
+`contents` are accepted too. Every size is checked against shape x datatype before any
+array is made, so a hostile shape cannot make the server allocate. BYTES elements travel
+as a 4-byte little-endian length followed by the bytes, as in Triton.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from ortserve import dtypes
+from ortserve.dataplane import InferRequest, InferResponse, ParamValue
+from ortserve.dtypes import DType
+from ortserve.errors import InvalidInputError
+from ortserve_client.proto import grpc_service_pb2 as pb
+
+_LEN = struct.Struct("<I")
+
+# The typed `contents` field that carries each datatype (FP16 and BF16 have none).
+_CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+def decode_request(request: pb.ModelInferRequest, deadline_ns: int | None = None) -> InferRequest:
+    """Decode a ModelInferRequest; wire-level faults raise InvalidInputError."""
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidInputError(
+            f"the request has {len(request.inputs)} inputs but {len(raw)} raw_input_contents "
+            "entries: send one raw entry per input, in the order of inputs (or none and use contents)"
+        )
+    inputs: dict[str, np.ndarray] = {}
+    for index, tensor in enumerate(request.inputs):
+        name = tensor.name
+        if name in inputs:
+            raise InvalidInputError(f"input {name!r} appears twice in the request")
+        try:
+            dtype = dtypes.from_name(tensor.datatype)
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"input {name!r}: {exc}") from None
+        shape = tuple(tensor.shape)
+        if any(d < 0 for d in shape):
+            raise InvalidInputError(
+                f"input {name!r}: shape {list(shape)} has a negative dimension; send the actual shape"
+            )
+        if raw:
+            if tensor.HasField("contents"):
+                raise InvalidInputError(
+                    f"input {name!r} has both contents and raw_input_contents; send one of them"
+                )
+            inputs[name] = _from_raw(name, dtype, shape, raw[index])
+        else:
+            inputs[name] = _from_contents(name, dtype, shape, tensor)
+    return InferRequest(
+        model_name=request.model_name,
+        model_version=request.model_version,
+        id=request.id,
+        inputs=inputs,
+        requested_outputs=[o.name for o in request.outputs],
+        parameters=decode_parameters(request.parameters),
+        deadline_ns=deadline_ns,
+    )
+
+
+def decode_parameters(parameters: Mapping[str, pb.InferParameter]) -> dict[str, ParamValue]:
+    values: dict[str, ParamValue] = {}
+    for key, param in parameters.items():
+        choice = param.WhichOneof("parameter_choice")
+        if choice is not None:
+            values[key] = getattr(param, choice)
+    return values
+
+
+def _from_raw(name: str, dtype: DType, shape: tuple[int, ...], buf: bytes) -> np.ndarray:
+    count = math.prod(shape)
+    if dtype.name == "BYTES":
+        return _decode_bytes(name, shape, count, buf)
+    expected = count * dtype.itemsize
+    if len(buf) != expected:
+        raise InvalidInputError(
+            f"input {name!r}: {dtype.name} {list(shape)} needs {expected} bytes of raw content, "
+            f"got {len(buf)}"
+        )
+    return np.frombuffer(buf, dtype=dtype.numpy).reshape(shape)
+
+
+def _decode_bytes(name: str, shape: tuple[int, ...], count: int, buf: bytes) -> np.ndarray:
+    # Each element costs at least its 4-byte length: reject impossible counts before allocating.
+    if count * _LEN.size > len(buf):
+        raise InvalidInputError(
+            f"input {name!r}: BYTES {list(shape)} needs at least {count * _LEN.size} bytes "
+            f"(a 4-byte length per element), got {len(buf)}"
+        )
+    out = np.empty(count, dtype=object)
+    view = memoryview(buf)
+    offset, end = 0, len(buf)
+    for i in range(count):
+        if offset + _LEN.size > end:
+            raise InvalidInputError(f"input {name!r}: BYTES element {i} has no length prefix")
+        (length,) = _LEN.unpack_from(view, offset)
+        offset += _LEN.size
+        if offset + length > end:
+            raise InvalidInputError(
+                f"input {name!r}: BYTES element {i} claims {length} bytes but only "
+                f"{end - offset} remain"
+            )
+        out[i] = bytes(view[offset : offset + length])
+        offset += length
+    if offset != end:
+        raise InvalidInputError(
+            f"input {name!r}: {end - offset} bytes left over after the {count} BYTES elements of "
+            f"shape {list(shape)}"
+        )
+    return out.reshape(shape)
+
+
+def _from_contents(
+    name: str, dtype: DType, shape: tuple[int, ...], tensor: pb.ModelInferRequest.InferInputTensor
+) -> np.ndarray:
+    field = _CONTENTS_FIELD.get(dtype.name)
+    if field is None:
+        raise InvalidInputError(
+            f"input {name!r}: {dtype.name} has no typed contents field; send it in raw_input_contents"
+        )
+    values = getattr(tensor.contents, field)
+    count = math.prod(shape)
+    if len(values) != count:
+        raise InvalidInputError(
+            f"input {name!r}: {dtype.name} {list(shape)} needs {count} values in contents.{field}, "
+            f"got {len(values)}"
+        )
+    if dtype.name == "BYTES":
+        array = np.empty(count, dtype=object)
+        array[:] = list(values)
+        return array.reshape(shape)
+    try:
+        return np.array(values, dtype=dtype.numpy).reshape(shape)
+    except OverflowError as exc:
+        raise InvalidInputError(f"input {name!r}: a value does not fit {dtype.name}: {exc}") from None
+
+
+def encode_response(response: InferResponse) -> pb.ModelInferResponse:
+    """Build the ModelInferResponse with every output in raw_output_contents."""
+    message = pb.ModelInferResponse(
+        model_name=response.model_name, model_version=response.model_version, id=response.id
+    )
+    raw = message.raw_output_contents
+    for name, array in response.outputs:
+        dtype = dtypes.from_numpy(array.dtype)
+        message.outputs.add(name=name, datatype=dtype.name, shape=array.shape)
+        raw.append(_to_raw(array, dtype))
+    return message
+
+
+def _to_raw(array: np.ndarray, dtype: DType) -> bytes:
+    if dtype.name != "BYTES":
+        return array.tobytes()
+    parts: list[bytes] = []
+    for item in array.reshape(-1):
+        data = item.encode() if isinstance(item, str) else bytes(item)
+        parts.append(_LEN.pack(len(data)))
+        parts.append(data)
+    return b"".join(parts)
+
+
+def encode_bytes_tensor(values: Any) -> bytes:
+    """Serialize an array-like of bytes/str as Triton's length-prefixed BYTES raw content."""
+    array = np.asarray(values, dtype=object)
+    return _to_raw(array, dtypes.BY_NAME["BYTES"])

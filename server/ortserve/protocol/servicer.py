@@ -1,0 +1,205 @@
+"""InferenceServicer: the GRPCInferenceService methods, thin over the DataPlane.
+
+Each method decodes, awaits one call into the core, and encodes; exceptions become status
+codes in `status.mapped_errors`. No policy lives here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from time import monotonic_ns
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from ortserve.dataplane import DataPlane
+from ortserve.protocol.codec import decode_request, encode_response
+from ortserve.protocol.status import mapped_errors, status_of
+from ortserve.observability import ModelStats
+from ortserve.repository import ModelVersion
+from ortserve_client.proto import grpc_service_pb2 as pb
+from ortserve_client.proto import grpc_service_pb2_grpc as pb_grpc
+
+log = logging.getLogger("ortserve.protocol")
+
+
+def _deadline_ns(context: aio.ServicerContext) -> int | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else monotonic_ns() + int(remaining * 1e9)
+
+
+def _duration(d: Any) -> pb.StatisticDuration:
+    return pb.StatisticDuration(count=d.count, ns=d.ns)
+
+
+def _model_statistics(name: str, version: str, s: ModelStats) -> pb.ModelStatistics:
+    return pb.ModelStatistics(
+        name=name,
+        version=version,
+        last_inference=s.last_inference_ms,
+        inference_count=s.inference_count,
+        execution_count=s.execution_count,
+        inference_stats=pb.InferStatistics(
+            success=_duration(s.success),
+            fail=_duration(s.fail),
+            queue=_duration(s.queue),
+            compute_input=_duration(s.compute_input),
+            compute_infer=_duration(s.compute_infer),
+            compute_output=_duration(s.compute_output),
+        ),
+        batch_stats=[
+            pb.InferBatchStatistics(
+                batch_size=size,
+                compute_input=_duration(b.compute_input),
+                compute_infer=_duration(b.compute_infer),
+                compute_output=_duration(b.compute_output),
+            )
+            for size, b in sorted(s.batch_sizes.items())
+        ],
+    )
+
+
+def _tensor_metadata(model: ModelVersion) -> tuple[list[Any], list[Any]]:
+    sig = model.signature
+    make = pb.ModelMetadataResponse.TensorMetadata
+    inputs = [make(name=s.name, datatype=s.dtype.name, shape=sig.shape_of(s)) for s in sig.inputs]
+    outputs = [make(name=s.name, datatype=s.dtype.name, shape=sig.shape_of(s)) for s in sig.outputs]
+    return inputs, outputs
+
+
+def _repository_parameters(params: Any) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for key, param in params.items():
+        choice = param.WhichOneof("parameter_choice")
+        if choice is not None:
+            values[key] = getattr(param, choice)
+    return values
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+    """KServe V2 / Triton GRPCInferenceService over a DataPlane."""
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        self._dp = dataplane
+
+    @mapped_errors
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: aio.ServicerContext) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=self._dp.live())
+
+    @mapped_errors
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: aio.ServicerContext) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self._dp.ready())
+
+    @mapped_errors
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: aio.ServicerContext) -> pb.ModelReadyResponse:
+        return pb.ModelReadyResponse(ready=self._dp.model_ready(request.name, request.version))
+
+    @mapped_errors
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: aio.ServicerContext
+    ) -> pb.ServerMetadataResponse:
+        name, version, extensions = self._dp.server_metadata()
+        return pb.ServerMetadataResponse(name=name, version=version, extensions=extensions)
+
+    @mapped_errors
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: aio.ServicerContext
+    ) -> pb.ModelMetadataResponse:
+        model = self._dp.model(request.name, request.version)
+        inputs, outputs = _tensor_metadata(model)
+        return pb.ModelMetadataResponse(
+            name=model.name,
+            versions=self._dp.model_versions(model.name),
+            platform=model.config.platform,
+            inputs=inputs,
+            outputs=outputs,
+        )
+
+    @mapped_errors
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: aio.ServicerContext) -> pb.ModelConfigResponse:
+        return pb.ModelConfigResponse(config=self._dp.model(request.name, request.version).config)
+
+    @mapped_errors
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: aio.ServicerContext
+    ) -> pb.ModelStatisticsResponse:
+        rows = self._dp.statistics(request.name, request.version)
+        return pb.ModelStatisticsResponse(model_stats=[_model_statistics(*row) for row in rows])
+
+    @mapped_errors
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: aio.ServicerContext
+    ) -> pb.RepositoryIndexResponse:
+        make = pb.RepositoryIndexResponse.ModelIndex
+        rows = self._dp.repository_index(request.ready)
+        return pb.RepositoryIndexResponse(
+            models=[make(name=r.name, version=r.version, state=r.state, reason=r.reason) for r in rows]
+        )
+
+    @mapped_errors
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: aio.ServicerContext
+    ) -> pb.RepositoryModelLoadResponse:
+        await self._dp.load_model(request.model_name, _repository_parameters(request.parameters))
+        return pb.RepositoryModelLoadResponse()
+
+    @mapped_errors
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: aio.ServicerContext
+    ) -> pb.RepositoryModelUnloadResponse:
+        await self._dp.unload_model(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    @mapped_errors
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: aio.ServicerContext) -> pb.ModelInferResponse:
+        response = await self._dp.infer(decode_request(request, _deadline_ns(context)))
+        return encode_response(response)
+
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: aio.ServicerContext
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Requests of a stream run concurrently; each gets one response or error_message."""
+        results: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        deadline = _deadline_ns(context)
+
+        async def one(request: pb.ModelInferRequest) -> None:
+            try:
+                response = await self._dp.infer(decode_request(request, deadline))
+                results.put_nowait(pb.ModelStreamInferResponse(infer_response=encode_response(response)))
+            except Exception as exc:  # noqa: BLE001 - a failed request is reported in-stream
+                code, message = status_of(exc)
+                if code is grpc.StatusCode.INTERNAL:
+                    log.error("stream request %r failed", request.id, exc_info=exc)
+                results.put_nowait(
+                    pb.ModelStreamInferResponse(
+                        error_message=message,
+                        infer_response=pb.ModelInferResponse(
+                            model_name=request.model_name, model_version=request.model_version, id=request.id
+                        ),
+                    )
+                )
+
+        async def read() -> None:
+            pending: set[asyncio.Task[None]] = set()
+            try:
+                async for request in request_iterator:
+                    task = asyncio.create_task(one(request))
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+                if pending:
+                    await asyncio.gather(*pending)
+            finally:
+                for task in pending:
+                    task.cancel()
+                results.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (item := await results.get()) is not None:
+                yield item
+            await reader  # surfaces a broken request stream
+        finally:
+            reader.cancel()

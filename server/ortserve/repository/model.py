@@ -1,0 +1,127 @@
+"""ModelVersion: one loaded version of a model, ready to infer.
+
+It composes what the lower rooms provide: the ONNX Runtime sessions (runtime), the
+dynamic batcher that feeds them (batching), the statistics (observability), and the
+completed configuration and signature (this room).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from ortserve.batching import BatchResult, DynamicBatcher
+from ortserve.errors import ModelLoadError
+from ortserve.observability import ModelStats
+from ortserve.repository.model_config import GraphTensor, complete_config, unhonoured_fields
+from ortserve.repository.signature import Signature, zero_feeds
+from ortserve.runtime import InstanceSpec, OnnxModel, RuntimeOptions
+from ortserve_client.proto import model_config_pb2 as mc
+
+log = logging.getLogger("ortserve.repository")
+
+_KINDS = {
+    mc.ModelInstanceGroup.KIND_AUTO: "auto",
+    mc.ModelInstanceGroup.KIND_GPU: "gpu",
+    mc.ModelInstanceGroup.KIND_CPU: "cpu",
+    mc.ModelInstanceGroup.KIND_MODEL: "auto",
+}
+
+
+def instance_specs(config: mc.ModelConfig) -> list[InstanceSpec]:
+    """One InstanceSpec per instance of every instance_group (default: one, kind auto)."""
+    specs: list[InstanceSpec] = []
+    for group in config.instance_group or [mc.ModelInstanceGroup(count=1)]:
+        gpus = list(group.gpus) or [0]
+        for index in range(max(group.count, 1)):
+            specs.append(InstanceSpec(kind=_KINDS[group.kind], gpu_id=gpus[index % len(gpus)]))
+    return specs
+
+
+class ModelVersion:
+    """A loaded, warmed-up model version with its batcher, or the reason it is not."""
+
+    def __init__(
+        self, name: str, version: int, config: mc.ModelConfig, onnx: OnnxModel
+    ) -> None:
+        self.name = name
+        self.version = version
+        self.version_str = str(version)
+        self.config = config
+        self.signature = Signature.from_config(config)
+        self.stats = ModelStats()
+        self.onnx = onnx
+        self.device = onnx.instances[0].device
+        batching = config.dynamic_batching
+        self._batcher = DynamicBatcher(
+            f"{name}_{version}",
+            [instance.run for instance in onnx.instances],
+            max_batch_size=config.max_batch_size,
+            max_queue_delay_us=batching.max_queue_delay_microseconds,
+            preferred_batch_sizes=list(batching.preferred_batch_size),
+            on_batch=self.stats.record_batch,
+        )
+
+    @classmethod
+    def load_blocking(
+        cls,
+        name: str,
+        version: int,
+        base_config: mc.ModelConfig,
+        path: Path,
+        options: RuntimeOptions,
+        default_max_batch_size: int,
+    ) -> ModelVersion:
+        """Create the sessions, complete the config from the graph and warm up (blocking)."""
+        for field in unhonoured_fields(base_config):
+            log.warning("model %r: config field %r is not honoured by ortserve; ignored", name, field)
+        onnx = OnnxModel.load(path, instance_specs(base_config), options, name=f"{name}_{version}")
+        try:
+            config = complete_config(
+                base_config,
+                name,
+                [GraphTensor(t.name, t.datatype, t.shape) for t in onnx.inputs],
+                [GraphTensor(t.name, t.datatype, t.shape) for t in onnx.outputs],
+                default_max_batch_size=default_max_batch_size,
+            )
+            model = cls(name, version, config, onnx)
+            model.warm_up()
+        except BaseException:
+            onnx.close()
+            raise
+        return model
+
+    def warm_up(self) -> None:
+        """Run every instance once at batch size 1 and once at max_batch_size (blocking)."""
+        sizes = sorted({1, self.config.max_batch_size or 1})
+        for instance in self.onnx.instances:
+            for rows in sizes:
+                try:
+                    instance.run(zero_feeds(self.signature, rows))
+                except Exception as exc:
+                    raise ModelLoadError(
+                        f"model {self.name!r} version {self.version}: warm-up at batch size {rows} "
+                        f"failed on instance {instance.name}: {exc}"
+                    ) from exc
+
+    def start(self) -> None:
+        """Start the batcher on the running event loop."""
+        self._batcher.start()
+
+    async def infer(
+        self, inputs: Mapping[str, np.ndarray], *, rows: int, deadline_ns: int | None
+    ) -> BatchResult:
+        return await self._batcher.submit(inputs, rows=rows, deadline_ns=deadline_ns)
+
+    @property
+    def queued_requests(self) -> int:
+        return self._batcher.queued_requests
+
+    async def close(self, timeout_s: float | None = None) -> None:
+        """Finish queued work, stop the batcher and release the sessions."""
+        await self._batcher.close(timeout_s)
+        await asyncio.to_thread(self.onnx.close)

@@ -1,0 +1,149 @@
+"""A model version's tensor signature, and the check of a request's tensors against it.
+
+Built from the completed model configuration; dims exclude the batch dimension when the
+model batches (max_batch_size > 0), as in Triton's configuration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ortserve import dtypes
+from ortserve.dtypes import DType
+from ortserve.errors import InvalidInputError, ModelLoadError
+from ortserve_client.proto import model_config_pb2 as mc
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """One input or output as the model declares it."""
+
+    name: str
+    dtype: DType
+    dims: tuple[int, ...]
+    """Dims without the batch dimension when the model batches; -1 is variable."""
+
+
+def _fmt(shape: Iterable[int]) -> str:
+    return "[" + ",".join(str(d) for d in shape) + "]"
+
+
+@dataclass(frozen=True, slots=True)
+class Signature:
+    """Inputs and outputs of a model version and its batching limit."""
+
+    model: str
+    max_batch_size: int
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    @classmethod
+    def from_config(cls, config: mc.ModelConfig) -> Signature:
+        def spec(name: str, data_type: int, dims: Sequence[int]) -> TensorSpec:
+            dtype = dtypes.BY_CONFIG_ENUM.get(data_type)
+            if dtype is None:
+                raise ModelLoadError(
+                    f"model {config.name!r} tensor {name!r}: data type "
+                    f"{mc.DataType.Name(data_type)} is not supported"  # type: ignore[arg-type]
+                )
+            return TensorSpec(name, dtype, tuple(int(d) for d in dims))
+
+        return cls(
+            config.name,
+            config.max_batch_size,
+            tuple(spec(t.name, t.data_type, t.dims) for t in config.input),
+            tuple(spec(t.name, t.data_type, t.dims) for t in config.output),
+        )
+
+    def shape_of(self, spec: TensorSpec) -> tuple[int, ...]:
+        """The full shape a request uses: -1 batch dimension first when the model batches."""
+        return (-1, *spec.dims) if self.max_batch_size else spec.dims
+
+    def describe(self, spec: TensorSpec) -> str:
+        return f"{spec.dtype.name} {_fmt(self.shape_of(spec))}"
+
+    def check_inputs(self, inputs: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
+        """Validate a request's tensors; return them in signature order and the batch rows.
+
+        The rows are 1 for a model that does not batch.
+        """
+        known = {spec.name for spec in self.inputs}
+        unknown = [name for name in inputs if name not in known]
+        if unknown:
+            raise InvalidInputError(
+                f"model {self.model!r} has no input {unknown[0]!r}: its inputs are "
+                + ", ".join(f"{s.name!r} ({self.describe(s)})" for s in self.inputs)
+            )
+        ordered: dict[str, np.ndarray] = {}
+        rows = -1
+        for spec in self.inputs:
+            array = inputs.get(spec.name)
+            if array is None:
+                raise InvalidInputError(
+                    f"model {self.model!r} input {spec.name!r} is missing: expected {self.describe(spec)}"
+                )
+            got = dtypes.from_numpy(array.dtype)
+            if got is not spec.dtype or not self._shape_fits(spec, array.shape):
+                raise InvalidInputError(
+                    f"model {self.model!r} input {spec.name!r}: expected {self.describe(spec)}, "
+                    f"got {got.name} {_fmt(array.shape)}"
+                )
+            if self.max_batch_size:
+                batch = array.shape[0]
+                if not 1 <= batch <= self.max_batch_size:
+                    raise InvalidInputError(
+                        f"model {self.model!r} input {spec.name!r}: batch size {batch} is outside "
+                        f"1..{self.max_batch_size} (the model's max_batch_size); split the request"
+                    )
+                if rows not in (-1, batch):
+                    raise InvalidInputError(
+                        f"model {self.model!r}: inputs disagree on the batch size ({rows} and "
+                        f"{batch} for {spec.name!r}); every input needs the same first dimension"
+                    )
+                rows = batch
+            ordered[spec.name] = array
+        return ordered, max(rows, 1)
+
+    def check_outputs(self, requested: Sequence[str]) -> tuple[str, ...]:
+        """The output names to return, in request order (all, in model order, if none)."""
+        if not requested:
+            return tuple(spec.name for spec in self.outputs)
+        known = {spec.name for spec in self.outputs}
+        for name in requested:
+            if name not in known:
+                raise InvalidInputError(
+                    f"model {self.model!r} has no output {name!r}: its outputs are "
+                    + ", ".join(repr(s.name) for s in self.outputs)
+                )
+        if len(set(requested)) != len(requested):
+            raise InvalidInputError(f"model {self.model!r}: an output is requested twice")
+        return tuple(requested)
+
+    def _shape_fits(self, spec: TensorSpec, shape: tuple[int, ...]) -> bool:
+        dims = shape[1:] if self.max_batch_size else shape
+        if self.max_batch_size and not shape:
+            return False
+        if len(dims) != len(spec.dims):
+            return False
+        return all(want == -1 or want == got for want, got in zip(spec.dims, dims, strict=True))
+
+
+def zero_feeds(signature: Signature, rows: int) -> dict[str, np.ndarray]:
+    """Inputs of zeros (empty strings for BYTES) for a warm-up run of `rows` rows.
+
+    Variable dims are taken as 1.
+    """
+    feeds: dict[str, np.ndarray] = {}
+    for spec in signature.inputs:
+        dims = tuple(1 if d < 0 else d for d in spec.dims)
+        shape = (rows, *dims) if signature.max_batch_size else dims
+        if spec.dtype.name == "BYTES":
+            array = np.empty(shape, dtype=object)
+            array.fill(b"")
+        else:
+            array = np.zeros(shape, dtype=spec.dtype.numpy)
+        feeds[spec.name] = array
+    return feeds

@@ -1,0 +1,94 @@
+"""Run a real ortserve server for tests: in a background thread (sync clients) or a subprocess.
+
+`serve_in_thread(repo, **settings)` starts `OrtServer` on its own uvloop event loop in a
+daemon thread, on ephemeral ports, waits until it is ready and yields a `RunningServer`
+with the gRPC target and a stub. Leaving the block shuts it down the way SIGTERM does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from prometheus_client import CollectorRegistry
+
+from ortserve.app import OrtServer, run_event_loop
+from ortserve.config import ServerSettings
+from ortserve_client.proto import grpc_service_pb2_grpc as pb_grpc
+
+MAX_MESSAGE = 2**31 - 1
+
+
+@dataclass
+class RunningServer:
+    server: OrtServer
+    loop: asyncio.AbstractEventLoop
+    grpc_target: str
+    http_port: int
+    channel: grpc.Channel
+    stub: pb_grpc.GRPCInferenceServiceStub
+    metrics: CollectorRegistry
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def call(self, coro: Any, timeout: float = 30) -> Any:
+        """Run a coroutine on the server's loop and return its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+
+def channel_to(target: str) -> grpc.Channel:
+    return grpc.insecure_channel(
+        target,
+        options=[("grpc.max_send_message_length", MAX_MESSAGE), ("grpc.max_receive_message_length", MAX_MESSAGE)],
+    )
+
+
+@contextmanager
+def serve_in_thread(repo: Path | None, **overrides: Any) -> Iterator[RunningServer]:
+    values: dict[str, Any] = {"grpc_port": 0, "http_port": 0, "host": "127.0.0.1", "log_level": "warning"}
+    values.update(overrides)
+    settings = ServerSettings(model_repository=repo, **values)
+    metrics = CollectorRegistry()
+    started = threading.Event()
+    stop: dict[str, Any] = {}
+    failure: list[BaseException] = []
+
+    async def main() -> int:
+        server = OrtServer(settings, metrics_registry=metrics)
+        stop["event"] = asyncio.Event()
+        stop["server"] = server
+        stop["loop"] = asyncio.get_running_loop()
+        try:
+            await server.start()
+        except BaseException as exc:  # noqa: BLE001 - reported to the test thread
+            failure.append(exc)
+            started.set()
+            return 1
+        started.set()
+        await stop["event"].wait()
+        await server.shutdown()
+        return 0
+
+    thread = threading.Thread(target=run_event_loop, args=(main, "auto"), daemon=True)
+    thread.start()
+    if not started.wait(120):
+        raise TimeoutError("the server did not start within 120 s")
+    if failure:
+        raise failure[0]
+    server: OrtServer = stop["server"]
+    loop: asyncio.AbstractEventLoop = stop["loop"]
+    target = f"127.0.0.1:{server.grpc_port}"
+    channel = channel_to(target)
+    try:
+        yield RunningServer(
+            server, loop, target, server.http_port, channel, pb_grpc.GRPCInferenceServiceStub(channel), metrics
+        )
+    finally:
+        channel.close()
+        loop.call_soon_threadsafe(stop["event"].set)
+        thread.join(60)
