@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Install Triton's perf_analyzer in its own virtual environment and print a wrapper that runs it.
+#
+# perf_analyzer is the C++ binary shipped inside the PyPI wheel tritonclient==2.41.0 (the wheel's
+# data scripts land in <venv>/bin/perf_analyzer). Newer releases moved it to the `perf-analyzer`
+# wheel, built against glibc 2.38, which Debian 12 (glibc 2.36) cannot load. The 2.41.0 binary
+# links two libraries this machine lacks:
+#   libb64.so.0d     Debian package libb64-0d
+#   libcudart.so.12  PyPI nvidia-cuda-runtime-cu12 (loaded unconditionally; no GPU is needed)
+# It gets its own venv because tritonclient[all]==2.41.0 pins versions that would fight the
+# project's (and the project's venv may hold a newer tritonclient[grpc]).
+#
+# Steps:
+#   1. apt-get install libb64-0d unless it is installed (apt-get update only when needed).
+#   2. Create ${PERF_ANALYZER_VENV:-.ci/venvs/perf-analyzer} (relative paths are taken from the
+#      repository root) and pip-install the two wheels; skipped when a stamp file says the same
+#      requirements are already installed there.
+#   3. Write <venv>/bin/perf_analyzer_wrapped, which puts libcudart's directory on
+#      LD_LIBRARY_PATH and execs the real binary with all its arguments.
+#   4. Smoke-test the wrapper (--version) and print its absolute path as the last line of stdout.
+#
+# Idempotent: a second run does no network work and takes about a second.
+# Environment knobs:
+#   PERF_ANALYZER_VENV           where the venv goes (default .ci/venvs/perf-analyzer, gitignored)
+#   PERF_ANALYZER_PYTHON         interpreter that creates the venv (default python3)
+#   PERF_ANALYZER_REQUIREMENTS   pip requirement specs, space-separated
+#                                (default "tritonclient[all]==2.41.0 nvidia-cuda-runtime-cu12==12.9.79")
+#
+# Everything except the final path goes to stderr, so `PA=$(.ci/setup-perf-analyzer.sh | tail -n1)`
+# works in CI.
+set -euo pipefail
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${PERF_ANALYZER_VENV:-.ci/venvs/perf-analyzer}"
+[[ "$venv" = /* ]] || venv="$repo_root/$venv"
+python="${PERF_ANALYZER_PYTHON:-python3}"
+requirements="${PERF_ANALYZER_REQUIREMENTS:-tritonclient[all]==2.41.0 nvidia-cuda-runtime-cu12==12.9.79}"
+
+log() { printf 'setup-perf-analyzer: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# --- 1. libb64-0d (Debian) ---------------------------------------------------------------------
+apt_install_libb64() {
+  local sudo=()
+  if [[ $(id -u) -ne 0 ]]; then
+    command -v sudo >/dev/null || die "libb64-0d is missing and neither root nor sudo is available"
+    sudo=(sudo)
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  local apt=("${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -q -y -o Dpkg::Use-Pty=0)
+  # Only refresh the package lists when they do not know the package (fresh container images
+  # ship without lists); a stale list that 404s gets one retry after an update.
+  if ! apt-cache show libb64-0d >/dev/null 2>&1; then
+    log "apt-get update (package lists do not know libb64-0d)"
+    "${apt[@]}" update >&2
+  fi
+  if ! "${apt[@]}" install --no-install-recommends libb64-0d >&2; then
+    log "apt-get install failed; updating package lists and retrying once"
+    "${apt[@]}" update >&2
+    "${apt[@]}" install --no-install-recommends libb64-0d >&2
+  fi
+}
+
+if dpkg-query -W -f='${Status}' libb64-0d 2>/dev/null | grep -q 'install ok installed'; then
+  log "libb64-0d already installed"
+else
+  command -v apt-get >/dev/null || die "libb64-0d is missing and apt-get is not available"
+  log "installing libb64-0d"
+  apt_install_libb64
+fi
+
+# --- 2. the virtual environment ----------------------------------------------------------------
+stamp="$venv/.perf-analyzer-requirements"
+if [[ -x "$venv/bin/python" && -f "$stamp" && "$(cat "$stamp")" == "$requirements" ]]; then
+  log "venv $venv already holds: $requirements"
+else
+  log "creating venv $venv with: $requirements"
+  rm -f "$stamp"
+  "$python" -m venv "$venv"
+  # shellcheck disable=SC2086  # $requirements is a deliberate word list
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check $requirements >&2
+  printf '%s' "$requirements" >"$stamp"
+fi
+
+# --- 3. the wrapper ----------------------------------------------------------------------------
+binary="$venv/bin/perf_analyzer"
+[[ -x "$binary" ]] || die "no perf_analyzer binary at $binary (is tritonclient 2.41.0 installed there?)"
+cudart="$(find "$venv"/lib/python3*/site-packages/nvidia/cuda_runtime/lib -name 'libcudart.so.12' \
+  -print -quit 2>/dev/null || true)"
+[[ -n "$cudart" ]] || die "no libcudart.so.12 under $venv/lib/python3*/site-packages/nvidia/cuda_runtime/lib"
+# Paths in the wrapper are relative to the venv, so a CI cache restored elsewhere still works.
+cudart_dir_rel="${cudart#"$venv"/}"
+cudart_dir_rel="${cudart_dir_rel%/*}"
+
+wrapper="$venv/bin/perf_analyzer_wrapped"
+tmp="$(mktemp "$wrapper.XXXXXX")"
+cat >"$tmp" <<EOF
+#!/usr/bin/env bash
+# Generated by .ci/setup-perf-analyzer.sh: runs tritonclient 2.41.0's perf_analyzer with the
+# libcudart.so.12 of nvidia-cuda-runtime-cu12 on LD_LIBRARY_PATH (libb64.so.0d comes from Debian).
+venv="\$(cd "\$(dirname "\${BASH_SOURCE[0]}")/.." && pwd)"
+export LD_LIBRARY_PATH="\$venv/$cudart_dir_rel\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
+exec "\$venv/bin/perf_analyzer" "\$@"
+EOF
+chmod 755 "$tmp"
+mv -f "$tmp" "$wrapper"
+
+# --- 4. smoke test -----------------------------------------------------------------------------
+if ! version="$("$wrapper" --version 2>&1)"; then
+  printf '%s\n' "$version" >&2
+  die "$wrapper --version failed (missing shared library? try: ldd $binary)"
+fi
+log "ok: ${version%%$'\n'*}"
+printf '%s\n' "$wrapper"
