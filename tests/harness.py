@@ -8,6 +8,11 @@ with the gRPC target and a stub. Leaving the block shuts it down the way SIGTERM
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,11 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from prometheus_client import CollectorRegistry
-
 from ortserve.app import OrtServer, run_event_loop
 from ortserve.config import ServerSettings
 from ortserve_client.proto import grpc_service_pb2_grpc as pb_grpc
+from prometheus_client import CollectorRegistry
 
 MAX_MESSAGE = 2**31 - 1
 
@@ -92,3 +96,73 @@ def serve_in_thread(repo: Path | None, **overrides: Any) -> Iterator[RunningServ
         channel.close()
         loop.call_soon_threadsafe(stop["event"].set)
         thread.join(60)
+
+
+_LISTENING = re.compile(r"ortserve listening: gRPC [^:]+:(\d+), HTTP (?:[^:]+:(\d+)|off)")
+
+
+@dataclass
+class ServerProcess:
+    """`ortserve serve` as a user runs it, in a subprocess; its stderr is collected."""
+
+    process: subprocess.Popen[str]
+    grpc_port: int
+    http_port: int
+    lines: list[str]
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def output(self) -> str:
+        return "".join(self.lines)
+
+
+@contextmanager
+def serve_in_subprocess(
+    args: list[str], env: dict[str, str] | None = None, ready_timeout_s: float = 120
+) -> Iterator[ServerProcess]:
+    """Start `python -m ortserve serve ARGS` and wait for "ortserve ready" on its stderr.
+
+    On exit the process is sent SIGTERM (if still running) and reaped.
+    """
+    full_env = {**os.environ, **(env or {})}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ortserve", "serve", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=full_env,
+    )
+    assert process.stderr is not None
+    lines: list[str] = []
+    ready = threading.Event()
+    ports: dict[str, int] = {}
+
+    def pump() -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            lines.append(line)
+            found = _LISTENING.search(line)
+            if found:
+                ports["grpc"] = int(found.group(1))
+                ports["http"] = int(found.group(2) or -1)
+            if "ortserve ready" in line:
+                ready.set()
+        ready.set()  # the process ended
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        if not ready.wait(ready_timeout_s) or "grpc" not in ports:
+            raise RuntimeError("the server did not become ready:\n" + "".join(lines))
+        yield ServerProcess(process, ports["grpc"], ports["http"], lines)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        reader.join(10)

@@ -91,3 +91,30 @@ def save(model: onnx.ModelProto, repo: Path, name: str, version: int = 1) -> Pat
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path
+
+
+def slow_matmul(chain: int = 10, width: int = 1024) -> onnx.ModelProto:
+    """FP32 x [batch, width] -> y = x @ W @ W ... (chain times): compute-bound, for timing tests.
+
+    W is a fixed random matrix scaled by 1/sqrt(width), so values stay finite along the
+    chain; each request costs batch * width^2 * chain multiply-adds.
+    """
+    import numpy as np
+    from onnx import numpy_helper
+
+    w = (np.random.default_rng(7).standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
+    weight = numpy_helper.from_array(w, "W")
+    nodes = []
+    previous = "x"
+    for i in range(chain):
+        out = "y" if i == chain - 1 else f"h{i}"
+        nodes.append(helper.make_node("MatMul", [previous, "W"], [out]))
+        previous = out
+    graph = helper.make_graph(
+        nodes,
+        "slow_matmul",
+        [_vi("x", "FP32", ("batch", width))],
+        [_vi("y", "FP32", ("batch", width))],
+        initializer=[weight],
+    )
+    return _model(graph)

@@ -23,7 +23,7 @@ from ortserve.errors import (
 )
 from ortserve.observability import ModelStats
 from ortserve.repository.model import ModelVersion
-from ortserve.repository.model_config import read_config
+from ortserve.repository.model_config import model_filename, read_config
 from ortserve.repository.versions import default_version, list_versions, select_versions
 from ortserve.runtime import RuntimeOptions
 
@@ -193,13 +193,8 @@ class ModelRegistry:
     async def _load_versions(self, entry: _Model, model_dir: Path) -> None:
         name = entry.name
         config = await asyncio.to_thread(read_config, model_dir)
-        wanted = select_versions(config.version_policy, list_versions(model_dir))
-        if not wanted:
-            raise ModelLoadError(
-                f"model {name!r}: no version directory found (expected {model_dir}/<version>/"
-                f"{config.default_model_filename or 'model.onnx'})"
-            )
-        filename = config.default_model_filename or "model.onnx"
+        wanted = select_versions(config.version_policy, list_versions(model_dir), model_name=name)
+        filename = model_filename(config, name)
 
         async def one(version: int) -> ModelVersion:
             return await asyncio.to_thread(
