@@ -67,7 +67,11 @@ _CONFIG_NAMES = {
 BY_NAME: dict[str, DType] = {d.name: d for d in _ALL}
 BY_CONFIG_ENUM: dict[int, DType] = {d.config_enum: d for d in _ALL}
 BY_ORT_TYPE: dict[str, DType] = {d.ort_type: d for d in _ALL}
-_BY_NUMPY_CHAR: dict[str, DType] = {d.numpy.char: d for d in _ALL if d.name != "BYTES"}
+# Keyed by (kind, itemsize), not by dtype.char: int64 is 'l' or 'q' depending on the platform
+# and the producer (numpy vs ONNX Runtime), but always ("i", 8).
+_BY_KIND_SIZE: dict[tuple[str, int], DType] = {
+    (d.numpy.kind, d.numpy.itemsize): d for d in _ALL if d.name != "BYTES"
+}
 
 SUPPORTED_NAMES = ", ".join(BY_NAME)
 
@@ -86,7 +90,7 @@ def from_numpy(dtype: np.dtype[np.generic]) -> DType:
     """The type of a numpy dtype; str, bytes and object arrays are BYTES."""
     if dtype.kind in ("O", "S", "U"):
         return BY_NAME["BYTES"]
-    found = _BY_NUMPY_CHAR.get(dtype.char)
+    found = _BY_KIND_SIZE.get((dtype.kind, dtype.itemsize))
     if found is None:
         raise InvalidInputError(f"numpy dtype {dtype} has no KServe datatype")
     return found
