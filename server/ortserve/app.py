@@ -81,7 +81,10 @@ class OrtServer:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.dataplane), self._grpc)
+        # The generated registration function is untyped (grpcio-tools emits no annotations for it).
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            InferenceServicer(self.dataplane), self._grpc
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         await self._set_health(serving=False)
         address = f"{s.host}:{s.grpc_port}"

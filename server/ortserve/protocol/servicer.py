@@ -79,7 +79,7 @@ def _repository_parameters(params: Any) -> dict[str, Any]:
     return values
 
 
-class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """KServe V2 / Triton GRPCInferenceService over a DataPlane."""
 
     def __init__(self, dataplane: DataPlane) -> None:
