@@ -152,10 +152,18 @@ def _from_contents(
         array = np.empty(count, dtype=object)
         array[:] = list(values)
         return array.reshape(shape)
-    try:
-        return np.array(values, dtype=dtype.numpy).reshape(shape)
-    except OverflowError as exc:
-        raise InvalidInputError(f"input {name!r}: a value does not fit {dtype.name}: {exc}") from None
+    # The field's own element type (int32 for INT8/INT16, uint32 for UINT8/UINT16): a direct
+    # np.array(values, dtype=int8) casts the container unsafely, so 200 would arrive as -56.
+    wide = np.asarray(values)
+    if dtype.numpy.kind in "iu" and wide.size and wide.dtype != dtype.numpy:
+        info = np.iinfo(dtype.numpy)
+        outside = wide[(wide < info.min) | (wide > info.max)]
+        if outside.size:
+            raise InvalidInputError(
+                f"input {name!r}: value {outside[0]} does not fit {dtype.name} "
+                f"(expected {info.min}..{info.max})"
+            )
+    return wide.astype(dtype.numpy, copy=False).reshape(shape)
 
 
 def encode_response(response: InferResponse) -> pb.ModelInferResponse:
