@@ -104,6 +104,8 @@ class Signature:
                         f"{batch} for {spec.name!r}); every input needs the same first dimension"
                     )
                 rows = batch
+            if spec.dtype.name == "BYTES":
+                _check_text(self.model, spec.name, array)
             ordered[spec.name] = array
         return ordered, max(rows, 1)
 
@@ -129,6 +131,23 @@ class Signature:
         if len(dims) != len(spec.dims):
             return False
         return all(want == -1 or want == got for want, got in zip(spec.dims, dims, strict=True))
+
+
+def _check_text(model: str, name: str, array: np.ndarray) -> None:
+    """BYTES inputs feed ONNX string tensors, which hold text: refuse non-UTF-8 elements here.
+
+    Checked per request, before batching: found later, in the runtime, one request's bad element
+    would fail every request of its batch.
+    """
+    for index, item in enumerate(array.reshape(-1).tolist()):
+        if isinstance(item, bytes):
+            try:
+                item.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise InvalidInputError(
+                    f"model {model!r} input {name!r}: BYTES element {index} is not valid UTF-8 "
+                    f"({err.reason} at byte {err.start}); the model's ONNX string tensors hold text"
+                ) from None
 
 
 def zero_feeds(signature: Signature, rows: int) -> dict[str, np.ndarray]:
