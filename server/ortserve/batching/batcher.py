@@ -259,13 +259,17 @@ class DynamicBatcher:
                     rows,
                 )
             except Exception as exc:  # noqa: BLE001 - every failure is handed to the waiters
+                error = self._batch_error(exc)  # once per batch: one log line, not one per request
                 for item in live:
                     if not item.future.done():
-                        item.future.set_exception(self._batch_error(exc))
+                        item.future.set_exception(type(error)(str(error)))
                 return
             total = sum(rows)
             if self._on_batch is not None:
-                self._on_batch(total, input_ns, infer_ns, output_ns)
+                try:
+                    self._on_batch(total, input_ns, infer_ns, output_ns)
+                except Exception:  # an observer's fault must not leave the waiters hanging
+                    log.exception("model %s: the batch observer failed", self.name)
             for item, outputs in zip(live, parts, strict=True):
                 if not item.future.done():
                     item.future.set_result(
