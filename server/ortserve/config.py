@@ -67,7 +67,7 @@ class ServerSettings:
             raise SettingsError(
                 f"max_message_bytes: expected 1024..{2**31 - 1}, got {self.max_message_bytes}"
             )
-        if self.drain_seconds < 0 or self.grace_seconds < 0:
+        if not (self.drain_seconds >= 0 and self.grace_seconds >= 0):  # NaN fails too
             raise SettingsError("drain_seconds and grace_seconds must be >= 0")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise SettingsError(f"log_level: expected debug, info, warning or error, got {self.log_level!r}")
@@ -108,7 +108,9 @@ def _coerce(name: str, type_name: Any, raw: Any) -> Any:
             return float(raw)
         return str(raw)
     except ValueError:
-        raise SettingsError(f"{name}: expected {kind}, got {raw!r} (from {env_name(name)} or --{name.replace('_', '-')})") from None
+        raise SettingsError(
+            f"{name}: expected {kind}, got {raw!r} (from {env_name(name)} or --{name.replace('_', '-')})"
+        ) from None
 
 
 def _check_port(name: str, port: int, *, allow_disabled: bool) -> None:
