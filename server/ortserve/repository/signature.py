@@ -45,9 +45,12 @@ class Signature:
         def spec(name: str, data_type: int, dims: Sequence[int]) -> TensorSpec:
             dtype = dtypes.BY_CONFIG_ENUM.get(data_type)
             if dtype is None:
+                try:
+                    type_name = mc.DataType.Name(data_type)
+                except ValueError:  # a number outside the enum (proto3 enums are open)
+                    type_name = str(data_type)
                 raise ModelLoadError(
-                    f"model {config.name!r} tensor {name!r}: data type "
-                    f"{mc.DataType.Name(data_type)} is not supported"  # type: ignore[arg-type]
+                    f"model {config.name!r} tensor {name!r}: data type {type_name} is not supported"
                 )
             return TensorSpec(name, dtype, tuple(int(d) for d in dims))
 
