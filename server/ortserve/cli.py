@@ -42,7 +42,9 @@ def _field_docs() -> dict[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ortserve", description="KServe V2 / Triton-compatible gRPC server for ONNX models.")
+    parser = argparse.ArgumentParser(
+        prog="ortserve", description="KServe V2 / Triton-compatible gRPC server for ONNX models."
+    )
     parser.add_argument("--version", action="version", version=f"ortserve {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser(
