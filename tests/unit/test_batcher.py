@@ -1,0 +1,647 @@
+"""DynamicBatcher with plain-Python runners: batching policy, timing bounds, failures, shutdown.
+
+Runners are ordinary functions run on the batcher's worker threads. Timing is controlled by
+runners that block on a `threading.Event` ("held"), so that requests are known to be queued
+behind a busy instance; sleeps are used only to let a deadline pass, never as assertions.
+Every test drives its own event loop through `asyncio.run`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ortserve.batching import BatchResult, DynamicBatcher
+from ortserve.errors import (
+    DeadlineExceededError,
+    InternalError,
+    InvalidInputError,
+    ModelNotReadyError,
+)
+
+Feeds = Mapping[str, np.ndarray]
+Array = np.ndarray[Any, Any]
+
+WAIT_S = 5.0
+"""Upper bound on any wait in these tests; reaching it means the batcher is stuck."""
+
+
+def double(feeds: Feeds) -> dict[str, Array]:
+    return {"y": feeds["x"] * 2}
+
+
+class Runner:
+    """A model instance in plain Python: records every batch it sees, then applies `fn`.
+
+    With `hold=True` its first call blocks (after setting `entered`) until `release` is
+    set, which keeps the instance busy while the test queues requests behind it.
+    """
+
+    def __init__(self, fn: Callable[[Feeds], Mapping[str, Array]] = double, *, hold: bool = False) -> None:
+        self.fn = fn
+        self.calls: list[dict[str, Array]] = []
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self._hold = hold
+        self._lock = threading.Lock()
+
+    def __call__(self, feeds: Feeds) -> Mapping[str, Array]:
+        with self._lock:
+            first = not self.calls
+            self.calls.append({name: np.array(value, copy=True) for name, value in feeds.items()})
+        self.entered.set()
+        if first and self._hold and not self.release.wait(WAIT_S):
+            raise TimeoutError("the test never released the held runner")
+        return self.fn(feeds)
+
+    @property
+    def rows(self) -> list[int]:
+        return [len(call["x"]) for call in self.calls]
+
+    async def wait_entered(self) -> None:
+        assert await asyncio.to_thread(self.entered.wait, WAIT_S), "the runner was never called"
+
+
+def x(rows: int, value: float, width: int = 2) -> Array:
+    """A distinctive input: `rows` x `width` floats starting at `value`."""
+    return np.arange(value, value + rows * width, dtype=np.float32).reshape(rows, width)
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Yield to the loop until `condition` holds (a synchronisation point, not a timing check)."""
+    stop = time.monotonic() + WAIT_S
+    while not condition():
+        assert time.monotonic() < stop, "condition not reached"
+        await asyncio.sleep(0.001)
+
+
+def run(main: Callable[[], Awaitable[None]]) -> None:
+    async def bounded() -> None:
+        await asyncio.wait_for(main(), 4 * WAIT_S)
+
+    asyncio.run(bounded())
+
+
+def submit(b: DynamicBatcher, value: Array, deadline_ns: int | None = None) -> asyncio.Task[BatchResult]:
+    return asyncio.create_task(b.submit({"x": value}, rows=len(value), deadline_ns=deadline_ns))
+
+
+async def held_batcher(
+    runner: Runner, *, max_batch_size: int = 8, **options: Any
+) -> tuple[DynamicBatcher, asyncio.Task[BatchResult], Array]:
+    """A started one-instance batcher whose instance is busy with a 1-row blocker request."""
+    b = DynamicBatcher("m_1", [runner], max_batch_size=max_batch_size, **options)
+    b.start()
+    blocker_x = x(1, -100.0)
+    blocker = submit(b, blocker_x)
+    await runner.wait_entered()
+    return b, blocker, blocker_x
+
+
+# -- the lone request -------------------------------------------------------------------
+
+
+def test_lone_request_runs_at_once_and_gets_its_answer() -> None:
+    async def main() -> None:
+        runner = Runner()
+        b = DynamicBatcher("m_1", [runner], max_batch_size=8, max_queue_delay_us=0)
+        b.start()
+        value = x(3, 1.0)
+        started = time.perf_counter()
+        result = await b.submit({"x": value}, rows=3)
+        elapsed = time.perf_counter() - started
+        await b.close()
+        np.testing.assert_array_equal(result.outputs["y"], value * 2)
+        assert runner.rows == [3]
+        np.testing.assert_array_equal(runner.calls[0]["x"], value)
+        assert result.batch_rows == 3
+        assert elapsed < 1.0  # no timer involved; a coarse bound for a slow machine
+
+    run(main)
+
+
+def test_submit_before_any_request_is_queued_reports_empty_queue() -> None:
+    async def main() -> None:
+        b = DynamicBatcher("m_1", [Runner()], max_batch_size=4)
+        b.start()
+        assert b.queued_requests == 0
+        assert b.running_batches == 0
+        await b.close()
+
+    run(main)
+
+
+def test_a_batcher_needs_a_runner() -> None:
+    with pytest.raises(ValueError, match="at least one runner"):
+        DynamicBatcher("m_1", [])
+
+
+# -- gathering --------------------------------------------------------------------------
+
+
+def test_requests_queued_behind_a_busy_instance_form_one_batch() -> None:
+    async def main() -> None:
+        runner = Runner(hold=True)
+        b, blocker, blocker_x = await held_batcher(runner, max_batch_size=8)
+        values = [x(1, 10.0), x(2, 20.0), x(3, 30.0)]
+        tasks = [submit(b, v) for v in values]
+        await until(lambda: b.queued_requests == 3)
+        runner.release.set()
+        results = await asyncio.gather(*tasks)
+        np.testing.assert_array_equal((await blocker).outputs["y"], blocker_x * 2)
+        await b.close()
+
+        assert runner.rows == [1, 6]  # the blocker alone, then ONE batch of all three
+        np.testing.assert_array_equal(runner.calls[1]["x"], np.concatenate(values))
+        for value, result in zip(values, results, strict=True):
+            # each caller gets exactly its own rows back: values, not just shapes
+            np.testing.assert_array_equal(result.outputs["y"], value * 2)
+            assert result.batch_rows == 6
+
+    run(main)
+
+
+def test_rows_are_counted_and_never_exceed_max_batch_size() -> None:
+    async def main() -> None:
+        runner = Runner(hold=True)
+        b, blocker, _ = await held_batcher(runner, max_batch_size=8)
+        values = [x(3, 10.0), x(3, 20.0), x(3, 30.0)]
+        tasks = [submit(b, v) for v in values]
+        await until(lambda: b.queued_requests == 3)
+        runner.release.set()
+        results = await asyncio.gather(*tasks)
+        await blocker
+        await b.close()
+
+        assert runner.rows == [1, 6, 3]
+        assert max(runner.rows) <= 8
+        np.testing.assert_array_equal(runner.calls[1]["x"], np.concatenate(values[:2]))
+        np.testing.assert_array_equal(runner.calls[2]["x"], values[2])
+        assert [r.batch_rows for r in results] == [6, 6, 3]
+        for value, result in zip(values, results, strict=True):
+            np.testing.assert_array_equal(result.outputs["y"], value * 2)
+
+    run(main)
+
+
+def test_requests_with_different_non_batch_dims_are_never_mixed() -> None:
+    async def main() -> None:
+        runner = Runner(hold=True)
+        b, blocker, _ = await held_batcher(runner, max_batch_size=8)
+        values = [x(1, 10.0, width=2), x(2, 20.0, width=3), x(1, 30.0, width=2), x(1, 40.0, width=3)]
+        tasks = [submit(b, v) for v in values]
+        await until(lambda: b.queued_requests == 4)
+        runner.release.set()
+        results = await asyncio.gather(*tasks)
+        await blocker
+        await b.close()
+
+        assert runner.rows == [1, 2, 3]
+        assert [call["x"].shape[1] for call in runner.calls[1:]] == [2, 3]
+        np.testing.assert_array_equal(runner.calls[1]["x"], np.concatenate([values[0], values[2]]))
+        np.testing.assert_array_equal(runner.calls[2]["x"], np.concatenate([values[1], values[3]]))
+        for value, result in zip(values, results, strict=True):
+            np.testing.assert_array_equal(result.outputs["y"], value * 2)
+
+    run(main)
+
+
+def test_max_batch_size_zero_runs_one_request_per_call_untouched() -> None:
+    async def main() -> None:
+        seen: list[Array] = []
+
+        def identity_plus(feeds: Feeds) -> dict[str, Array]:
+            seen.append(feeds["x"])
+            return {"y": feeds["x"] + 1}
+
+        runner = Runner(identity_plus, hold=True)
+        b = DynamicBatcher("m_1", [runner], max_batch_size=0)
+        b.start()
+        # A model that does not batch: no batch dimension, so the shapes are the whole tensor.
+        values = [np.array([1.0, 2.0, 3.0]), np.array([4.0, 5.0, 6.0]), np.array([7.0, 8.0, 9.0])]
+        first = asyncio.create_task(b.submit({"x": values[0]}, rows=1))
+        await runner.wait_entered()
+        rest = [asyncio.create_task(b.submit({"x": v}, rows=1)) for v in values[1:]]
+        await until(lambda: b.queued_requests == 2)
+        runner.release.set()
+        results = [await first, *await asyncio.gather(*rest)]
+        await b.close()
+
+        assert len(seen) == 3  # queued together, still one call each
+        for value, array, result in zip(values, seen, results, strict=True):
+            assert array is value  # no concatenation, no copy
+            np.testing.assert_array_equal(result.outputs["y"], value + 1)
+            assert result.batch_rows == 1
+
+    run(main)
+
+
+def test_two_runners_run_two_batches_at_the_same_time() -> None:
+    async def main() -> None:
+        runners = [Runner(hold=True), Runner(hold=True)]
+        b = DynamicBatcher("m_1", runners, max_batch_size=8)
+        b.start()
+        first_x, second_x = x(2, 1.0), x(3, 10.0)
+        first = submit(b, first_x)
+        entered = [asyncio.create_task(r.wait_entered()) for r in runners]
+        await asyncio.wait(entered, return_when=asyncio.FIRST_COMPLETED)
+        second = submit(b, second_x)  # the first instance is busy: this one goes to the other
+        await asyncio.gather(*entered)
+        # Both runners are inside a batch now, neither has returned.
+        assert b.running_batches == 2
+        for r in runners:
+            r.release.set()
+        a, c = await asyncio.gather(first, second)
+        await b.close()
+
+        assert sorted(r.rows[0] for r in runners) == [2, 3]
+        np.testing.assert_array_equal(a.outputs["y"], first_x * 2)
+        np.testing.assert_array_equal(c.outputs["y"], second_x * 2)
+
+    run(main)
+
+
+# -- max_queue_delay_us -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("preferred", "second_rows"), [((), 3), ((2,), 1)])
+def test_delay_waits_for_rows_and_dispatches_when_the_target_is_reached(
+    preferred: tuple[int, ...], second_rows: int
+) -> None:
+    async def main() -> None:
+        runner = Runner()
+        delay_s = 10.0
+        b = DynamicBatcher(
+            "m_1",
+            [runner],
+            max_batch_size=4,
+            max_queue_delay_us=int(delay_s * 1e6),
+            preferred_batch_sizes=preferred,
+        )
+        b.start()
+        started = time.perf_counter()
+        first_x, second_x = x(1, 1.0), x(second_rows, 10.0)
+        first = submit(b, first_x)
+        await until(lambda: b.queued_requests == 0)  # taken out of the queue, the batch is forming
+        await asyncio.sleep(0.01)
+        assert not first.done()  # short of its target: waiting for more rows
+        second = submit(b, second_x)
+        a, c = await asyncio.gather(first, second)
+        elapsed = time.perf_counter() - started
+        await b.close()
+
+        assert runner.rows == [1 + second_rows]  # waited, and gathered both
+        assert elapsed < delay_s / 2  # dispatched on reaching the target, not at the delay
+        np.testing.assert_array_equal(a.outputs["y"], first_x * 2)
+        np.testing.assert_array_equal(c.outputs["y"], second_x * 2)
+
+    run(main)
+
+
+def test_delay_is_an_upper_bound_on_the_wait() -> None:
+    async def main() -> None:
+        runner = Runner()
+        delay_s = 0.1
+        b = DynamicBatcher("m_1", [runner], max_batch_size=8, max_queue_delay_us=int(delay_s * 1e6))
+        b.start()
+        value = x(1, 1.0)
+        started = time.perf_counter()
+        result = await b.submit({"x": value}, rows=1)
+        elapsed = time.perf_counter() - started
+        await b.close()
+
+        np.testing.assert_array_equal(result.outputs["y"], value * 2)
+        assert runner.rows == [1]
+        assert delay_s * 0.9 <= elapsed < delay_s + 1.0  # coarse bounds: waited, but not much longer
+        assert result.queue_ns >= delay_s * 0.9 * 1e9
+
+    run(main)
+
+
+def test_delay_does_not_apply_to_a_model_that_does_not_batch() -> None:
+    async def main() -> None:
+        runner = Runner()
+        b = DynamicBatcher("m_1", [runner], max_batch_size=0, max_queue_delay_us=10_000_000)
+        b.start()
+        started = time.perf_counter()
+        result = await b.submit({"x": np.array([1.0, 2.0])}, rows=1)
+        assert time.perf_counter() - started < 5.0
+        await b.close()
+        np.testing.assert_array_equal(result.outputs["y"], [2.0, 4.0])
+
+    run(main)
+
+
+# -- deadlines and cancellation -----------------------------------------------------------
+
+
+def test_request_past_its_deadline_is_refused_and_never_computed() -> None:
+    async def main() -> None:
+        runner = Runner()
+        b = DynamicBatcher("m_1", [runner], max_batch_size=8)
+        b.start()
+        late = x(1, 666.0)
+        with pytest.raises(DeadlineExceededError, match="m_1"):
+            await b.submit({"x": late}, rows=1, deadline_ns=time.monotonic_ns() - 1)
+        # The batcher is unharmed.
+        ok = x(1, 1.0)
+        result = await b.submit({"x": ok}, rows=1, deadline_ns=time.monotonic_ns() + 60 * 10**9)
+        await b.close()
+        np.testing.assert_array_equal(result.outputs["y"], ok * 2)
+        assert runner.rows == [1]
+        np.testing.assert_array_equal(runner.calls[0]["x"], ok)
+
+    run(main)
+
+
+def test_deadline_passing_in_the_queue_fails_the_request_before_compute() -> None:
+    async def main() -> None:
+        runner = Runner(hold=True)
+        b, blocker, _ = await held_batcher(runner, max_batch_size=8)
+        deadline_ns = time.monotonic_ns() + 20_000_000
+        late = submit(b, x(1, 666.0), deadline_ns=deadline_ns)
+        ok_x = x(2, 1.0)
+        ok = submit(b, ok_x)
+        await until(lambda: b.queued_requests == 2)
+        while time.monotonic_ns() <= deadline_ns:  # let the deadline pass while it is queued
+            await asyncio.sleep(0.005)
+        runner.release.set()
+        with pytest.raises(DeadlineExceededError, match="deadline"):
+            await late
+        result = await ok
+        await blocker
+        await b.close()
+
+        np.testing.assert_array_equal(result.outputs["y"], ok_x * 2)
+        assert runner.rows == [1, 2]  # the late request's rows were never seen
+        np.testing.assert_array_equal(runner.calls[1]["x"], ok_x)
+
+    run(main)
+
+
+def test_deadline_passing_while_the_batch_forms_fails_the_request_before_compute() -> None:
+    async def main() -> None:
+        runner = Runner()
+        b = DynamicBatcher("m_1", [runner], max_batch_size=8, max_queue_delay_us=100_000)
+        b.start()
+        with pytest.raises(DeadlineExceededError):
+            await b.submit({"x": x(1, 666.0)}, rows=1, deadline_ns=time.monotonic_ns() + 10_000_000)
+        await b.close()
+        assert runner.calls == []
+
+    run(main)
+
+
+def test_cancelled_waiter_is_never_computed() -> None:
+    async def main() -> None:
+        runner = Runner(hold=True)
+        b, blocker, _ = await held_batcher(runner, max_batch_size=8)
+        cancelled = submit(b, x(1, 666.0))
+        ok_x = x(1, 1.0)
+        ok = submit(b, ok_x)
+        await until(lambda: b.queued_requests == 2)
+        cancelled.cancel()
+        runner.release.set()
+        result = await ok
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        await blocker
+        await b.close()
+
+        np.testing.assert_array_equal(result.outputs["y"], ok_x * 2)
+        assert runner.rows == [1, 1]
+        np.testing.assert_array_equal(runner.calls[1]["x"], ok_x)
+
+    run(main)
+
+
+def test_waiter_cancelled_while_its_batch_runs_does_not_upset_the_batcher() -> None:
+    async def main() -> None:
+        runner = Runner(hold=True)
+        b, blocker, _ = await held_batcher(runner, max_batch_size=8)
+        blocker.cancel()
+        await asyncio.sleep(0)
+        runner.release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await blocker
+        ok_x = x(2, 1.0)
+        result = await b.submit({"x": ok_x}, rows=2)
+        await b.close()
+        np.testing.assert_array_equal(result.outputs["y"], ok_x * 2)
+
+    run(main)
+
+
+# -- failures -----------------------------------------------------------------------------
+
+
+def poisoned(feeds: Feeds) -> dict[str, Array]:
+    if (feeds["x"] == 666.0).any():
+        raise RuntimeError("the model choked on 666")
+    return double(feeds)
+
+
+def test_runner_failure_fails_only_its_batch_with_internal_error() -> None:
+    async def main() -> None:
+        runner = Runner(poisoned, hold=True)
+        b, blocker, blocker_x = await held_batcher(runner, max_batch_size=8)
+        bad = submit(b, x(1, 666.0))
+        neighbour = submit(b, x(2, 1.0))  # shares the failing batch
+        await until(lambda: b.queued_requests == 2)
+        runner.release.set()
+        for task in (bad, neighbour):
+            with pytest.raises(InternalError) as caught:
+                await task
+            assert "m_1" in str(caught.value)
+            assert "the model choked on 666" in str(caught.value)
+        # The batch before and the batch after are unaffected.
+        np.testing.assert_array_equal((await blocker).outputs["y"], blocker_x * 2)
+        after_x = x(3, 5.0)
+        after = await b.submit({"x": after_x}, rows=3)
+        await b.close()
+        np.testing.assert_array_equal(after.outputs["y"], after_x * 2)
+        assert runner.rows == [1, 3, 3]
+
+    run(main)
+
+
+def test_a_failed_batch_is_logged_once_not_once_per_request(caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        runner = Runner(poisoned, hold=True)
+        b, blocker, _ = await held_batcher(runner, max_batch_size=8)
+        tasks = [submit(b, x(1, 666.0)), submit(b, x(1, 1.0)), submit(b, x(1, 2.0))]
+        await until(lambda: b.queued_requests == 3)
+        runner.release.set()
+        await blocker
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        await b.close()
+        assert all(isinstance(o, InternalError) for o in outcomes)
+
+    with caplog.at_level("ERROR", logger="ortserve.batching"):
+        run(main)
+    failures = [r for r in caplog.records if "batch execution failed" in r.getMessage()]
+    assert len(failures) == 1
+    assert failures[0].exc_info is not None
+
+
+def test_ortserve_error_from_a_runner_keeps_its_class() -> None:
+    async def main() -> None:
+        def refuse(feeds: Feeds) -> dict[str, Array]:
+            raise InvalidInputError("model 'm' input 'x': values out of range")
+
+        b = DynamicBatcher("m_1", [refuse], max_batch_size=8)
+        b.start()
+        with pytest.raises(InvalidInputError, match="values out of range"):
+            await b.submit({"x": x(1, 1.0)}, rows=1)
+        await b.close()
+
+    run(main)
+
+
+def test_outputs_that_cannot_be_split_fail_the_batch() -> None:
+    async def main() -> None:
+        runner = Runner(lambda feeds: {"y": feeds["x"][:1]}, hold=True)
+        b, blocker, _ = await held_batcher(runner, max_batch_size=8)
+        tasks = [submit(b, x(2, 1.0)), submit(b, x(2, 10.0))]
+        await until(lambda: b.queued_requests == 2)
+        runner.release.set()
+        await blocker
+        for task in tasks:
+            with pytest.raises(InternalError, match="cannot split 4 batch rows"):
+                await task
+        await b.close()
+
+    run(main)
+
+
+def test_observer_failure_does_not_cost_the_requests_their_answers() -> None:
+    async def main() -> None:
+        def broken_observer(rows: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
+            raise RuntimeError("statistics broke")
+
+        b = DynamicBatcher("m_1", [Runner()], max_batch_size=8, on_batch=broken_observer)
+        b.start()
+        value = x(2, 1.0)
+        result = await asyncio.wait_for(b.submit({"x": value}, rows=2), WAIT_S)
+        await b.close()
+        np.testing.assert_array_equal(result.outputs["y"], value * 2)
+
+    run(main)
+
+
+# -- shutdown -----------------------------------------------------------------------------
+
+
+def test_close_finishes_queued_requests_then_refuses_new_ones() -> None:
+    async def main() -> None:
+        runner = Runner(hold=True)
+        b, blocker, blocker_x = await held_batcher(runner, max_batch_size=8)
+        values = [x(1, 10.0), x(2, 20.0)]
+        tasks = [submit(b, v) for v in values]
+        await until(lambda: b.queued_requests == 2)
+        closing = asyncio.create_task(b.close())
+        await asyncio.sleep(0)
+        with pytest.raises(ModelNotReadyError, match="m_1"):
+            await b.submit({"x": x(1, 0.0)}, rows=1)
+        assert not closing.done()  # still waiting for the queued work
+        runner.release.set()
+        await closing
+        assert all(task.done() for task in tasks)
+        for value, task in zip(values, tasks, strict=True):
+            np.testing.assert_array_equal(task.result().outputs["y"], value * 2)
+        np.testing.assert_array_equal((await blocker).outputs["y"], blocker_x * 2)
+        with pytest.raises(ModelNotReadyError):
+            await b.submit({"x": x(1, 0.0)}, rows=1)
+        assert runner.rows == [1, 3]
+
+    run(main)
+
+
+def test_close_with_a_timeout_fails_what_is_still_queued() -> None:
+    async def main() -> None:
+        runner = Runner(hold=True)
+        b, blocker, blocker_x = await held_batcher(runner, max_batch_size=8)
+        stranded = submit(b, x(1, 666.0))
+        await until(lambda: b.queued_requests == 1)
+        await b.close(timeout_s=0.05)
+        with pytest.raises(ModelNotReadyError, match="m_1"):
+            await stranded
+        runner.release.set()  # the batch that was running still answers
+        np.testing.assert_array_equal((await blocker).outputs["y"], blocker_x * 2)
+        assert runner.rows == [1]
+
+    run(main)
+
+
+# -- observer and timings -----------------------------------------------------------------
+
+
+def test_on_batch_is_called_once_per_batch_with_rows_and_timings() -> None:
+    async def main() -> None:
+        observed: list[tuple[int, int, int, int]] = []
+        runner = Runner(hold=True)
+        b, blocker, _ = await held_batcher(
+            runner,
+            max_batch_size=8,
+            on_batch=lambda rows, i, n, o: observed.append((rows, i, n, o)),
+        )
+        tasks = [submit(b, x(2, 10.0)), submit(b, x(3, 20.0))]
+        await until(lambda: b.queued_requests == 2)
+        await asyncio.sleep(0.02)  # the held batch's compute time becomes measurable
+        runner.release.set()
+        results = await asyncio.gather(*tasks)
+        blocked = await blocker
+        await b.close()
+
+        assert [rows for rows, *_ in observed] == [1, 5]
+        assert all(ns >= 0 for _, *timings in observed for ns in timings)
+        assert observed[0][2] >= 10_000_000  # the held run's infer time covers the hold
+        assert blocked.compute_infer_ns == observed[0][2]
+        for result in results:
+            assert result.batch_rows == 5
+            assert result.queue_ns > 0  # they waited behind the blocker
+            assert (result.compute_input_ns, result.compute_infer_ns, result.compute_output_ns) == (
+                observed[1][1:]
+            )
+        assert blocked.queue_ns >= 0
+        assert blocked.batch_rows == 1
+
+    run(main)
+
+
+# -- the concurrency property ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_many_concurrent_requests_each_get_their_own_answer(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    values = [rng.standard_normal((int(rng.integers(1, 6)), 3)).astype(np.float32) for _ in range(200)]
+    lock = threading.Lock()
+    batches: list[int] = []
+
+    def affine(feeds: Feeds) -> dict[str, Array]:
+        with lock:
+            batches.append(len(feeds["x"]))
+        time.sleep(0.0005)  # long enough for requests to pile up behind a busy instance
+        return {"y": feeds["x"] * 3 + 1, "first": feeds["x"][:, :1].copy()}
+
+    async def main() -> None:
+        b = DynamicBatcher("m_1", [affine, affine], max_batch_size=16)
+        b.start()
+        results = await asyncio.gather(*(b.submit({"x": v}, rows=len(v)) for v in values))
+        await b.close()
+        for value, result in zip(values, results, strict=True):
+            np.testing.assert_array_equal(result.outputs["y"], value * 3 + 1)
+            np.testing.assert_array_equal(result.outputs["first"], value[:, :1])
+            assert len(value) <= result.batch_rows <= 16
+
+    run(main)
+    assert max(batches) <= 16
+    assert sum(batches) == sum(len(v) for v in values)  # every row computed exactly once
+    assert len(batches) < len(values)  # and requests were actually batched
