@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         serve.add_argument(
             "--" + f.name.replace("_", "-"),
             dest=f.name,
-            type=_TYPES.get(str(f.type), str),
+            type=str.lower if f.name in _CHOICES else _TYPES.get(str(f.type), str),
             choices=_CHOICES.get(f.name),
             default=None,
             help=f"{docs.get(f.name, '')} [env {env_name(f.name)}; default {default}]",

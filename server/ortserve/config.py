@@ -86,7 +86,7 @@ class ServerSettings:
         for f in fields(cls):
             flag = flags.get(f.name)
             raw: Any = flag if flag is not None else env.get(ENV_PREFIX + f.name.upper())
-            if raw is None:
+            if raw is None or (flag is None and raw == ""):  # an empty variable counts as unset
                 continue
             values[f.name] = _coerce(f.name, f.type, raw)
         return cls(**values)

@@ -118,7 +118,6 @@ def test_env_name() -> None:
         ),
         ({"ORTSERVE_GRPC_PORT": "80.5"}, "grpc_port: expected int"),
         ({"ORTSERVE_GRACE_SECONDS": "soon"}, "grace_seconds: expected float, got 'soon'"),
-        ({"ORTSERVE_INTRA_OP_THREADS": ""}, "intra_op_threads: expected int, got ''"),
     ],
 )
 def test_values_that_do_not_parse_name_the_setting_and_its_sources(env: dict[str, str], message: str) -> None:
@@ -307,3 +306,13 @@ def test_version_flag(capsys: pytest.CaptureFixture[str]) -> None:
         parse("--version")
     assert caught.value.code == 0
     assert capsys.readouterr().out.startswith("ortserve ")
+
+
+def test_an_empty_environment_variable_counts_as_unset() -> None:
+    settings = ServerSettings.from_sources({}, {"ORTSERVE_MODEL_REPOSITORY": "", "ORTSERVE_GRPC_PORT": ""})
+    assert settings.model_repository is None and settings.grpc_port == 8001
+
+
+def test_choice_flags_are_case_insensitive() -> None:
+    args = cli.build_parser().parse_args(["serve", "--log-level", "INFO", "--device", "CPU"])
+    assert args.log_level == "info" and args.device == "cpu"
