@@ -86,9 +86,15 @@ class ModelRegistry:
         Raises ModelNotFoundError if the directory does not exist and ModelLoadError if no
         version could be loaded; a model already serving keeps its old versions then.
         """
+        # The name comes from a client and is joined to a path: only a directory that discover()
+        # would list may load, never "", "..", "../elsewhere" or "a/b" (a model outside the repository).
+        plain = bool(name) and not name.startswith(".") and not any(c in name for c in "/\\\0")
         model_dir = self.root / name
-        if not model_dir.is_dir():
-            raise ModelNotFoundError(f"model {name!r} is not in the repository {self.root}")
+        if not plain or not model_dir.is_dir():
+            raise ModelNotFoundError(
+                f"model {name!r} is not in the repository {self.root}: a model name is the name of a "
+                "directory directly inside it"
+            )
         async with self._lock(name):
             old = self._models.get(name)
             entry = _Model(name)
