@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -156,7 +156,7 @@ def _from_contents(
     # np.array(values, dtype=int8) casts the container unsafely, so 200 would arrive as -56.
     wide = np.asarray(values)
     if dtype.numpy.kind in "iu" and wide.size and wide.dtype != dtype.numpy:
-        info = np.iinfo(dtype.numpy)
+        info = np.iinfo(cast("np.dtype[np.integer[Any]]", dtype.numpy))
         outside = wide[(wide < info.min) | (wide > info.max)]
         if outside.size:
             raise InvalidInputError(
