@@ -106,12 +106,12 @@ class DataPlane:
         if not name:
             if version:
                 raise InvalidInputError("statistics: a version was given without a model name")
-            return sorted(self.registry.stats())
+            return sorted(self.registry.stats(), key=_by_name_and_version)
         if version:
             found = self.registry.get(name, version)
             return [(found.name, found.version_str, found.stats)]
         self.registry.get(name)  # NOT_FOUND / UNAVAILABLE for an unknown or failed model
-        return sorted(s for s in self.registry.stats() if s[0] == name)
+        return sorted((s for s in self.registry.stats() if s[0] == name), key=_by_name_and_version)
 
     def repository_index(self, ready_only: bool = False) -> list[IndexEntry]:
         rows = self.registry.index()
@@ -172,6 +172,10 @@ class DataPlane:
 
     def models(self) -> Iterator[ModelVersion]:
         return self.registry.loaded()
+
+
+def _by_name_and_version(row: tuple[str, str, ModelStats]) -> tuple[str, int]:
+    return row[0], int(row[1])
 
 
 def _deadline(request: InferRequest, now_ns: int) -> int | None:

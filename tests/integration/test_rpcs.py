@@ -428,3 +428,28 @@ def test_requests_in_flight_during_unload_are_answered(own: tuple[RunningServer,
     worker.join(30)
     assert done.is_set()
     assert srv.stub.ModelReady(pb.ModelReadyRequest(name="sleeper")).ready is False
+
+
+def test_a_model_added_after_start_is_listed_unloads_as_a_no_op_and_loads(
+    own: tuple[RunningServer, Path],
+) -> None:
+    srv, repo = own
+    models.save(models.scale(5.0), repo, "late")
+    index = {r.name: r for r in srv.stub.RepositoryIndex(pb.RepositoryIndexRequest()).models}
+    assert (index["late"].state, index["late"].reason) == ("UNAVAILABLE", "not loaded")
+    srv.stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="late"))  # nothing to do: OK
+    srv.stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="late"))
+    x = np.array([[1.0, 2.0, 3.0]], np.float32)
+    np.testing.assert_array_equal(outputs_of(srv.stub.ModelInfer(infer_request("late", {"x": x})))["y"], x * 5)
+
+
+def test_statistics_list_versions_in_numeric_order(tmp_path: Path) -> None:
+    repo = tmp_path / "models"
+    for version in (2, 10):
+        models.save(models.scale(float(version)), repo, "scale", version)
+    (repo / "scale" / "config.pbtxt").write_text("version_policy: { all: {} }\n")
+    with serve_in_thread(repo, http_port=-1) as running:
+        stats = running.stub.ModelStatistics(pb.ModelStatisticsRequest(name="scale")).model_stats
+        assert [s.version for s in stats] == ["2", "10"]
+        everything = running.stub.ModelStatistics(pb.ModelStatisticsRequest()).model_stats
+        assert [s.version for s in everything] == ["2", "10"]

@@ -118,6 +118,8 @@ class ModelRegistry:
         async with self._lock(name):
             model = self._models.get(name)
             if model is None:
+                if name in self.discover():
+                    return  # in the repository but not loaded: already unloaded
                 raise ModelNotFoundError(f"model {name!r} is not loaded and not in the repository")
             model.state, model.reason = UNLOADING, "unloading"
             await self._close_versions(model)
