@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from prometheus_client import CollectorRegistry
+
 from ortserve.app import OrtServer, run_event_loop
 from ortserve.config import ServerSettings
 from ortserve_client.proto import grpc_service_pb2_grpc as pb_grpc
-from prometheus_client import CollectorRegistry
 
 MAX_MESSAGE = 2**31 - 1
 

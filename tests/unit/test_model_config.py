@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from google.protobuf import text_format
+
 from ortserve.errors import ModelLoadError
 from ortserve.repository.model_config import (
     GraphTensor,

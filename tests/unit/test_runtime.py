@@ -15,6 +15,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
+
 from ortserve.errors import InternalError, InvalidInputError, ModelLoadError
 from ortserve.runtime import (
     InstanceSpec,
@@ -26,7 +27,6 @@ from ortserve.runtime import (
     threads_per_instance,
 )
 from ortserve.runtime import threads as threads_module
-
 from tests import models
 
 CPU = "CPUExecutionProvider"

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from google.protobuf import text_format
+
 from ortserve.errors import ModelLoadError
 from ortserve.repository.model_config import read_config
 from ortserve.repository.versions import default_version, list_versions, select_versions

@@ -16,9 +16,9 @@ import grpc
 from grpc import aio
 
 from ortserve.dataplane import DataPlane
+from ortserve.observability import ModelStats
 from ortserve.protocol.codec import decode_request, encode_response
 from ortserve.protocol.status import mapped_errors, status_of
-from ortserve.observability import ModelStats
 from ortserve.repository import ModelVersion
 from ortserve_client.proto import grpc_service_pb2 as pb
 from ortserve_client.proto import grpc_service_pb2_grpc as pb_grpc

@@ -23,10 +23,10 @@ from typing import Final, TypeAlias, cast
 from google.protobuf import text_format
 from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 from google.protobuf.message import Message
-from ortserve_client.proto import model_config_pb2 as mc
 
 from ortserve.dtypes import BY_NAME
 from ortserve.errors import ModelLoadError
+from ortserve_client.proto import model_config_pb2 as mc
 
 CONFIG_FILENAME: Final = "config.pbtxt"
 DEFAULT_MODEL_FILENAME: Final = "model.onnx"

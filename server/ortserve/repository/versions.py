@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Final
 
 from google.protobuf import text_format
-from ortserve_client.proto import model_config_pb2 as mc
 
 from ortserve.errors import ModelLoadError
+from ortserve_client.proto import model_config_pb2 as mc
 
 # Versions travel as int64 in the protocol; a longer name cannot be asked for by any client.
 _MAX_VERSION: Final = 2**63 - 1
