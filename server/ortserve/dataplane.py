@@ -38,7 +38,7 @@ SERVER_NAME = "ortserve"
 EXTENSIONS = ("model_configuration", "model_repository", "statistics")
 """Triton protocol extensions this server implements (ServerMetadata.extensions)."""
 
-ParamValue = bool | int | float | str
+ParamValue = bool | int | float | str | bytes
 
 
 @dataclass(slots=True)

@@ -17,7 +17,7 @@ import pytest
 from ortserve_client.proto import grpc_service_pb2 as pb
 from tests import models
 from tests.harness import RunningServer, serve_in_thread
-from tests.integration.wire import (
+from tests.wire import (
     Busy,
     SleeperClock,
     add_sub_inputs,

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests import models
 from tests.harness import RunningServer, serve_in_thread
-from tests.integration.wire import add_sub_inputs, check_add_sub, infer_request, rpc_error, write_garbage_model
+from tests.wire import add_sub_inputs, check_add_sub, infer_request, rpc_error, write_garbage_model
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,8 @@ import pytest
 from ortserve_client.proto import grpc_service_pb2 as pb
 from tests import models
 from tests.harness import RunningServer, serve_in_thread
-from tests.integration.wire import (
+from tests.wire import (
+    CONTENTS_FIELD,
     DATATYPES,
     Array,
     add_sub_inputs,
@@ -25,20 +26,6 @@ from tests.integration.wire import (
     write_config,
 )
 
-CONTENTS_FIELD = {
-    "BOOL": "bool_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-    "BYTES": "bytes_contents",
-}
 STRINGS = [b"", "h\u00e9llo w\u00f6rld".encode(), "\u65e5\u672c\u8a9e".encode(), b"plain",
            "\U0001f600".encode(), b"with\x00nul", b"x" * 1000, "\u00df".encode()]
 

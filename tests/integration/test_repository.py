@@ -13,7 +13,7 @@ from ortserve_client.proto import grpc_service_pb2 as pb
 from ortserve_client.proto import model_config_pb2 as mc
 from tests import models
 from tests.harness import RunningServer, serve_in_thread
-from tests.integration.wire import (
+from tests.wire import (
     Busy,
     SleeperClock,
     add_sub_inputs,

@@ -12,34 +12,10 @@ from ortserve.dataplane import InferResponse
 from ortserve.errors import InvalidInputError
 from ortserve.protocol.codec import decode_request, encode_bytes_tensor, encode_response
 from ortserve_client.proto import grpc_service_pb2 as pb
+from tests.wire import CONTENTS_FIELD, DATATYPES
 
-NUMPY = {
-    "BOOL": np.dtype("?"),
-    "UINT8": np.dtype("<u1"),
-    "UINT16": np.dtype("<u2"),
-    "UINT32": np.dtype("<u4"),
-    "UINT64": np.dtype("<u8"),
-    "INT8": np.dtype("<i1"),
-    "INT16": np.dtype("<i2"),
-    "INT32": np.dtype("<i4"),
-    "INT64": np.dtype("<i8"),
-    "FP16": np.dtype("<f2"),
-    "FP32": np.dtype("<f4"),
-    "FP64": np.dtype("<f8"),
-}
-CONTENTS_FIELD = {
-    "BOOL": "bool_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-}
+NUMPY = {name: dtype for name, dtype in DATATYPES.items() if name != "BYTES"}
+NUMERIC_CONTENTS = {name: field for name, field in CONTENTS_FIELD.items() if name != "BYTES"}
 
 
 def extremes(datatype: str) -> np.ndarray[Any, Any]:
@@ -91,12 +67,12 @@ def test_raw_contents_decode_to_a_numpy_view_of_the_right_type(datatype: str) ->
     assert not array.flags.writeable
 
 
-@pytest.mark.parametrize("datatype", list(CONTENTS_FIELD))
+@pytest.mark.parametrize("datatype", list(NUMERIC_CONTENTS))
 def test_typed_contents_decode_to_arrays_of_the_right_type(datatype: str) -> None:
     expected = extremes(datatype)
     request = pb.ModelInferRequest(model_name="m")
     tensor = request.inputs.add(name="x", datatype=datatype, shape=[2, 3])
-    getattr(tensor.contents, CONTENTS_FIELD[datatype]).extend(expected.reshape(-1).tolist())
+    getattr(tensor.contents, NUMERIC_CONTENTS[datatype]).extend(expected.reshape(-1).tolist())
     array = decode_request(request).inputs["x"]
     assert array.dtype == NUMPY[datatype]
     assert array.shape == (2, 3)
@@ -311,7 +287,7 @@ def test_typed_contents_in_the_wrong_field_count_as_missing() -> None:
 def test_typed_value_out_of_range_is_rejected(datatype: str, value: int) -> None:
     request = pb.ModelInferRequest(model_name="m")
     tensor = request.inputs.add(name="a", datatype=datatype, shape=[1])
-    getattr(tensor.contents, CONTENTS_FIELD[datatype]).append(value)
+    getattr(tensor.contents, NUMERIC_CONTENTS[datatype]).append(value)
     message = decode_error(request)
     assert "input 'a'" in message
     assert f"value {value} does not fit {datatype}" in message

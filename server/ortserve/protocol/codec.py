@@ -81,7 +81,8 @@ def decode_request(request: pb.ModelInferRequest, deadline_ns: int | None = None
     )
 
 
-def decode_parameters(parameters: Mapping[str, pb.InferParameter]) -> dict[str, ParamValue]:
+def decode_parameters(parameters: Mapping[str, Any]) -> dict[str, ParamValue]:
+    """Plain values of a map of InferParameter or ModelRepositoryParameter (oneof parameter_choice)."""
     values: dict[str, ParamValue] = {}
     for key, param in parameters.items():
         choice = param.WhichOneof("parameter_choice")

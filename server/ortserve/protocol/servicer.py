@@ -17,7 +17,7 @@ from grpc import aio
 
 from ortserve.dataplane import DataPlane
 from ortserve.observability import ModelStats
-from ortserve.protocol.codec import decode_request, encode_response
+from ortserve.protocol.codec import decode_parameters, decode_request, encode_response
 from ortserve.protocol.status import mapped_errors, status_of
 from ortserve.repository import ModelVersion
 from ortserve_client.proto import grpc_service_pb2 as pb
@@ -68,15 +68,6 @@ def _tensor_metadata(model: ModelVersion) -> tuple[list[Any], list[Any]]:
     inputs = [make(name=s.name, datatype=s.dtype.name, shape=sig.shape_of(s)) for s in sig.inputs]
     outputs = [make(name=s.name, datatype=s.dtype.name, shape=sig.shape_of(s)) for s in sig.outputs]
     return inputs, outputs
-
-
-def _repository_parameters(params: Any) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    for key, param in params.items():
-        choice = param.WhichOneof("parameter_choice")
-        if choice is not None:
-            values[key] = getattr(param, choice)
-    return values
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -143,7 +134,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: aio.ServicerContext
     ) -> pb.RepositoryModelLoadResponse:
-        await self._dp.load_model(request.model_name, _repository_parameters(request.parameters))
+        await self._dp.load_model(request.model_name, decode_parameters(request.parameters))
         return pb.RepositoryModelLoadResponse()
 
     @mapped_errors
