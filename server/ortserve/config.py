@@ -40,6 +40,8 @@ class ServerSettings:
     """ONNX Runtime intra-op threads per instance; 0 divides the available cores among instances."""
     default_max_batch_size: int = 32
     """max_batch_size given to batchable models whose config does not set one."""
+    latency_target_ms: float = 0.0
+    """Default p99 latency target of batchable models (config parameter latency_target_ms overrides); 0 = greedy."""
     max_message_bytes: int = 2**31 - 1
     """Largest gRPC message accepted or sent, in bytes."""
     drain_seconds: float = 0.0
@@ -67,6 +69,8 @@ class ServerSettings:
             raise SettingsError(
                 f"max_message_bytes: expected 1024..{2**31 - 1}, got {self.max_message_bytes}"
             )
+        if not self.latency_target_ms >= 0:  # NaN fails too
+            raise SettingsError(f"latency_target_ms: expected >= 0 (0 = greedy batching), got {self.latency_target_ms}")
         if not (self.drain_seconds >= 0 and self.grace_seconds >= 0):  # NaN fails too
             raise SettingsError("drain_seconds and grace_seconds must be >= 0")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
