@@ -61,6 +61,7 @@ class OrtServer:
             self.repository,
             RuntimeOptions(device=settings.device, intra_op_threads=settings.intra_op_threads),
             default_max_batch_size=settings.default_max_batch_size,
+            default_latency_target_ms=settings.latency_target_ms,
         )
         self.dataplane = DataPlane(self.registry)
         self.metrics_registry.register(StatsCollector(self.registry.stats))

@@ -6,9 +6,9 @@
 2. Find the ready model version (NOT_FOUND / UNAVAILABLE).
 3. Check the tensors against its signature and the requested outputs (INVALID_ARGUMENT);
    the tensors are already numpy views of the request bytes.
-4. Apply the request's `timeout` parameter (microseconds) on top of the caller's deadline.
-5. Submit to the model's batcher and await this request's slice of the batch outputs.
-6. Record the statistics once and return the outputs (views, encoded once at the edge).
+4. Submit to the model's batcher with the caller's deadline and the request's `priority` and
+   `timeout` (microseconds) parameters, and await this request's slice of the batch outputs.
+5. Record the statistics once and return the outputs (views, encoded once at the edge).
 """
 
 from __future__ import annotations
@@ -140,8 +140,13 @@ class DataPlane:
         try:
             inputs, rows = model.signature.check_inputs(request.inputs)
             names = model.signature.check_outputs(request.requested_outputs)
-            deadline_ns = _deadline(request, start_ns)
-            result = await model.infer(inputs, rows=rows, deadline_ns=deadline_ns)
+            result = await model.infer(
+                inputs,
+                rows=rows,
+                deadline_ns=request.deadline_ns,
+                priority=_int_parameter(request, "priority"),
+                timeout_us=_int_parameter(request, "timeout", " of microseconds"),
+            )
         except asyncio.CancelledError:
             model.stats.record_failure(monotonic_ns() - start_ns, "CANCELED")
             raise
@@ -178,18 +183,14 @@ def _by_name_and_version(row: tuple[str, str, ModelStats]) -> tuple[str, int]:
     return row[0], int(row[1])
 
 
-def _deadline(request: InferRequest, now_ns: int) -> int | None:
-    deadline = request.deadline_ns
-    timeout = request.parameters.get("timeout")
-    if timeout is not None:
-        if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 0:
-            raise InvalidInputError(
-                f"parameter 'timeout' must be a non-negative int64 of microseconds, got {timeout!r}"
-            )
-        if timeout:
-            own = now_ns + timeout * 1000
-            deadline = own if deadline is None else min(deadline, own)
-    return deadline
+def _int_parameter(request: InferRequest, name: str, unit: str = "") -> int:
+    """A non-negative int64 request parameter (Triton's `priority`, `timeout` in microseconds); 0 if absent."""
+    value = request.parameters.get(name)
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidInputError(f"parameter {name!r} must be a non-negative int64{unit}, got {value!r}")
+    return value
 
 
 def _failure_reason(exc: OrtserveError) -> str:

@@ -17,13 +17,37 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ortserve.batching import BatchResult, DynamicBatcher
+from ortserve.batching import BatchPolicy, BatchReport, BatchResult, DynamicBatcher
 from ortserve.errors import (
     DeadlineExceededError,
     InternalError,
     InvalidInputError,
     ModelNotReadyError,
 )
+
+
+def make_batcher(
+    name: str,
+    runners: Any,
+    *,
+    max_batch_size: int = 0,
+    max_queue_delay_us: int = 0,
+    preferred_batch_sizes: Any = (),
+    on_batch: Callable[[BatchReport], None] | None = None,
+    **policy: Any,
+) -> DynamicBatcher:
+    """A batcher over `runners` with a BatchPolicy of the given knobs (dynamic batching on)."""
+    return DynamicBatcher(
+        name,
+        runners,
+        BatchPolicy(
+            max_batch_size=max_batch_size,
+            max_queue_delay_us=max_queue_delay_us,
+            preferred_batch_sizes=tuple(preferred_batch_sizes),
+            **policy,
+        ),
+        on_batch=on_batch,
+    )
 
 Feeds = Mapping[str, np.ndarray]
 Array = np.ndarray[Any, Any]
@@ -96,7 +120,7 @@ async def held_batcher(
     runner: Runner, *, max_batch_size: int = 8, **options: Any
 ) -> tuple[DynamicBatcher, asyncio.Task[BatchResult], Array]:
     """A started one-instance batcher whose instance is busy with a 1-row blocker request."""
-    b = DynamicBatcher("m_1", [runner], max_batch_size=max_batch_size, **options)
+    b = make_batcher("m_1", [runner], max_batch_size=max_batch_size, **options)
     b.start()
     blocker_x = x(1, -100.0)
     blocker = submit(b, blocker_x)
@@ -110,7 +134,7 @@ async def held_batcher(
 def test_lone_request_runs_at_once_and_gets_its_answer() -> None:
     async def main() -> None:
         runner = Runner()
-        b = DynamicBatcher("m_1", [runner], max_batch_size=8, max_queue_delay_us=0)
+        b = make_batcher("m_1", [runner], max_batch_size=8, max_queue_delay_us=0)
         b.start()
         value = x(3, 1.0)
         started = time.perf_counter()
@@ -128,7 +152,7 @@ def test_lone_request_runs_at_once_and_gets_its_answer() -> None:
 
 def test_submit_before_any_request_is_queued_reports_empty_queue() -> None:
     async def main() -> None:
-        b = DynamicBatcher("m_1", [Runner()], max_batch_size=4)
+        b = make_batcher("m_1", [Runner()], max_batch_size=4)
         b.start()
         assert b.queued_requests == 0
         assert b.running_batches == 0
@@ -139,7 +163,7 @@ def test_submit_before_any_request_is_queued_reports_empty_queue() -> None:
 
 def test_a_batcher_needs_a_runner() -> None:
     with pytest.raises(ValueError, match="at least one runner"):
-        DynamicBatcher("m_1", [])
+        make_batcher("m_1", [])
 
 
 # -- gathering --------------------------------------------------------------------------
@@ -221,7 +245,7 @@ def test_max_batch_size_zero_runs_one_request_per_call_untouched() -> None:
             return {"y": feeds["x"] + 1}
 
         runner = Runner(identity_plus, hold=True)
-        b = DynamicBatcher("m_1", [runner], max_batch_size=0)
+        b = make_batcher("m_1", [runner], max_batch_size=0)
         b.start()
         # A model that does not batch: no batch dimension, so the shapes are the whole tensor.
         values = [np.array([1.0, 2.0, 3.0]), np.array([4.0, 5.0, 6.0]), np.array([7.0, 8.0, 9.0])]
@@ -245,7 +269,7 @@ def test_max_batch_size_zero_runs_one_request_per_call_untouched() -> None:
 def test_two_runners_run_two_batches_at_the_same_time() -> None:
     async def main() -> None:
         runners = [Runner(hold=True), Runner(hold=True)]
-        b = DynamicBatcher("m_1", runners, max_batch_size=8)
+        b = make_batcher("m_1", runners, max_batch_size=8)
         b.start()
         first_x, second_x = x(2, 1.0), x(3, 10.0)
         first = submit(b, first_x)
@@ -277,7 +301,7 @@ def test_delay_waits_for_rows_and_dispatches_when_the_target_is_reached(
     async def main() -> None:
         runner = Runner()
         delay_s = 10.0
-        b = DynamicBatcher(
+        b = make_batcher(
             "m_1",
             [runner],
             max_batch_size=4,
@@ -308,7 +332,7 @@ def test_delay_is_an_upper_bound_on_the_wait() -> None:
     async def main() -> None:
         runner = Runner()
         delay_s = 0.1
-        b = DynamicBatcher("m_1", [runner], max_batch_size=8, max_queue_delay_us=int(delay_s * 1e6))
+        b = make_batcher("m_1", [runner], max_batch_size=8, max_queue_delay_us=int(delay_s * 1e6))
         b.start()
         value = x(1, 1.0)
         started = time.perf_counter()
@@ -327,7 +351,7 @@ def test_delay_is_an_upper_bound_on_the_wait() -> None:
 def test_delay_does_not_apply_to_a_model_that_does_not_batch() -> None:
     async def main() -> None:
         runner = Runner()
-        b = DynamicBatcher("m_1", [runner], max_batch_size=0, max_queue_delay_us=10_000_000)
+        b = make_batcher("m_1", [runner], max_batch_size=0, max_queue_delay_us=10_000_000)
         b.start()
         started = time.perf_counter()
         result = await b.submit({"x": np.array([1.0, 2.0])}, rows=1)
@@ -344,7 +368,7 @@ def test_delay_does_not_apply_to_a_model_that_does_not_batch() -> None:
 def test_request_past_its_deadline_is_refused_and_never_computed() -> None:
     async def main() -> None:
         runner = Runner()
-        b = DynamicBatcher("m_1", [runner], max_batch_size=8)
+        b = make_batcher("m_1", [runner], max_batch_size=8)
         b.start()
         late = x(1, 666.0)
         with pytest.raises(DeadlineExceededError, match="m_1"):
@@ -388,7 +412,7 @@ def test_deadline_passing_in_the_queue_fails_the_request_before_compute() -> Non
 def test_deadline_passing_while_the_batch_forms_fails_the_request_before_compute() -> None:
     async def main() -> None:
         runner = Runner()
-        b = DynamicBatcher("m_1", [runner], max_batch_size=8, max_queue_delay_us=100_000)
+        b = make_batcher("m_1", [runner], max_batch_size=8, max_queue_delay_us=100_000)
         b.start()
         with pytest.raises(DeadlineExceededError):
             await b.submit({"x": x(1, 666.0)}, rows=1, deadline_ns=time.monotonic_ns() + 10_000_000)
@@ -495,7 +519,7 @@ def test_ortserve_error_from_a_runner_keeps_its_class() -> None:
         def refuse(feeds: Feeds) -> dict[str, Array]:
             raise InvalidInputError("model 'm' input 'x': values out of range")
 
-        b = DynamicBatcher("m_1", [refuse], max_batch_size=8)
+        b = make_batcher("m_1", [refuse], max_batch_size=8)
         b.start()
         with pytest.raises(InvalidInputError, match="values out of range"):
             await b.submit({"x": x(1, 1.0)}, rows=1)
@@ -525,7 +549,7 @@ def test_observer_failure_does_not_cost_the_requests_their_answers() -> None:
         def broken_observer(rows: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
             raise RuntimeError("statistics broke")
 
-        b = DynamicBatcher("m_1", [Runner()], max_batch_size=8, on_batch=broken_observer)
+        b = make_batcher("m_1", [Runner()], max_batch_size=8, on_batch=broken_observer)
         b.start()
         value = x(2, 1.0)
         result = await asyncio.wait_for(b.submit({"x": value}, rows=2), WAIT_S)
@@ -589,7 +613,7 @@ def test_on_batch_is_called_once_per_batch_with_rows_and_timings() -> None:
         b, blocker, _ = await held_batcher(
             runner,
             max_batch_size=8,
-            on_batch=lambda rows, i, n, o: observed.append((rows, i, n, o)),
+            on_batch=lambda r: observed.append((r.rows, r.compute_input_ns, r.compute_infer_ns, r.compute_output_ns)),
         )
         tasks = [submit(b, x(2, 10.0)), submit(b, x(3, 20.0))]
         await until(lambda: b.queued_requests == 2)
@@ -632,7 +656,7 @@ def test_many_concurrent_requests_each_get_their_own_answer(seed: int) -> None:
         return {"y": feeds["x"] * 3 + 1, "first": feeds["x"][:, :1].copy()}
 
     async def main() -> None:
-        b = DynamicBatcher("m_1", [affine, affine], max_batch_size=16)
+        b = make_batcher("m_1", [affine, affine], max_batch_size=16)
         b.start()
         results = await asyncio.gather(*(b.submit({"x": v}, rows=len(v)) for v in values))
         await b.close()

@@ -1,15 +1,34 @@
 """The batching room: per-model queues and the dynamic batcher.
 
-Owns: gathering concurrent requests into batches (counted in rows), dispatching each batch
-to an idle model instance on that instance's worker thread, concatenating inputs once and
-handing every request its slice of the outputs (views, no copy), deadlines and
-cancellation in the queue.
+Owns: gathering concurrent requests into batches (counted in rows), priorities and queue
+policies, deadlines and cancellation in the queue, the latency-target controller,
+dispatching each batch to an idle model instance on that instance's worker thread,
+concatenating inputs once and handing every request its slice of the outputs (views).
 
 Must not import: grpc, protobuf or generated stubs, onnxruntime. It is handed the blocking
-functions that run a batch, one per model instance.
+functions that run a batch, one per model instance, and a BatchPolicy of plain values.
 """
 
-from ortserve.batching.batcher import BatchResult, DynamicBatcher
+from ortserve.batching.batcher import (
+    BatchObserver,
+    BatchReport,
+    BatchResult,
+    DynamicBatcher,
+    LatencyTargetError,
+)
+from ortserve.batching.controller import LatencyController
+from ortserve.batching.policy import BatchPolicy, QueuePolicy
 from ortserve.batching.tensors import concat_inputs, split_outputs
 
-__all__ = ["BatchResult", "DynamicBatcher", "concat_inputs", "split_outputs"]
+__all__ = [
+    "BatchObserver",
+    "BatchPolicy",
+    "BatchReport",
+    "BatchResult",
+    "DynamicBatcher",
+    "LatencyController",
+    "LatencyTargetError",
+    "QueuePolicy",
+    "concat_inputs",
+    "split_outputs",
+]

@@ -1,41 +1,52 @@
 """DynamicBatcher: one queue per model version, greedy batches, one worker thread per instance.
 
-The policy (the full latency-target policy is its own issue; this is the greedy core):
+The policy, in steps:
 
-1. A request is appended to the queue with its future; the batcher task wakes.
-2. The batcher waits for an idle instance, then for a live request (cancelled or expired
-   requests are dropped here, before any compute).
-3. It gathers, without waiting, every queued request that fits: same non-batch dims,
-   rows counted, at most `max_batch_size` rows. While every instance is busy, requests
-   accumulate, so the next free instance takes as many rows as fit.
+1. `submit` checks admission (the level's `max_queue_size`; in latency-target mode, whether
+   the request can still finish within the target and its deadline), queues the request at
+   its priority level with its future and arms its timers (deadline; queue timeout, whose
+   action is REJECT or DELAY).
+2. The batcher task waits for an idle instance, then for a live request (cancelled or expired
+   requests never leave the queue for a batch).
+3. It gathers, without waiting, every queued request that fits: same non-batch dims, rows
+   counted, at most the batch cap (`max_batch_size`, or the controller's smaller cap in
+   latency-target mode), higher priorities first. While every instance is busy, requests
+   accumulate, so the next free instance takes as many rows as fit (pipelining: instances run
+   batches concurrently while the next one forms).
 4. Only if `max_queue_delay_us` is set and the batch is short of its target (the largest
-   preferred batch size, else `max_batch_size`) does it wait, at most until the first
-   request's arrival + delay. A lone request at low load never waits for a timer.
-5. The batch runs on the instance's own worker thread: concatenate (the one copy),
-   run, split into per-request views; each still-pending future gets its slice and the
-   timings. A failed run fails only the requests of that batch.
+   preferred batch size, else the cap) does it wait, at most until the first request's
+   arrival + delay. A lone request at low load never waits for a timer.
+5. The batch runs on the instance's own worker thread: concatenate (the one copy), run, split
+   into per-request views; each still-pending future gets its slice and the timings; the
+   observer gets a BatchReport. A failed run fails only the requests of that batch.
 
-If the batcher task dies, every waiter fails instead of hanging.
+Without `dynamic` batching each execution carries exactly one request. If the batcher task
+dies, every waiter fails instead of hanging.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from time import monotonic_ns, perf_counter_ns
+from typing import cast
 
 import numpy as np
 
+from ortserve.batching.controller import LatencyController
+from ortserve.batching.policy import BatchPolicy
+from ortserve.batching.queue import Pending, RequestQueue
 from ortserve.batching.tensors import concat_inputs, split_outputs
 from ortserve.errors import (
     DeadlineExceededError,
     InternalError,
+    InvalidInputError,
     ModelNotReadyError,
     OrtserveError,
+    UnavailableError,
 )
 
 log = logging.getLogger("ortserve.batching")
@@ -43,8 +54,9 @@ log = logging.getLogger("ortserve.batching")
 Runner = Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
 """Runs one batch on one model instance, blocking; called on that instance's thread."""
 
-BatchObserver = Callable[[int, int, int, int], None]
-"""Called once per executed batch: (rows, compute_input_ns, compute_infer_ns, compute_output_ns)."""
+
+class LatencyTargetError(UnavailableError):
+    """The request cannot finish within the model's latency target; retry later or elsewhere."""
 
 
 @dataclass(slots=True)
@@ -52,21 +64,35 @@ class BatchResult:
     """One request's share of a batch run."""
 
     outputs: dict[str, np.ndarray]
-    queue_ns: int
+    enqueued_ns: int
+    started_ns: int
     compute_input_ns: int
     compute_infer_ns: int
     compute_output_ns: int
     batch_rows: int
 
+    @property
+    def queue_ns(self) -> int:
+        return self.started_ns - self.enqueued_ns
 
-@dataclass(slots=True, eq=False)
-class _Pending:
-    inputs: Mapping[str, np.ndarray]
+
+@dataclass(slots=True)
+class BatchReport:
+    """One execution, for observers (statistics, traces). Times on the monotonic clock."""
+
+    model: str
     rows: int
-    key: tuple[tuple[int, ...], ...]
-    future: asyncio.Future[BatchResult]
-    enqueued_ns: int
-    deadline_ns: int | None
+    started_ns: int
+    finished_ns: int
+    compute_input_ns: int = 0
+    compute_infer_ns: int = 0
+    compute_output_ns: int = 0
+    contexts: list[object] = field(default_factory=list)
+    """The `context` each request of the batch passed to submit(), in batch order."""
+    error: BaseException | None = None
+
+
+BatchObserver = Callable[[BatchReport], None]
 
 
 class DynamicBatcher:
@@ -76,69 +102,117 @@ class DynamicBatcher:
         self,
         name: str,
         runners: Sequence[Runner],
+        policy: BatchPolicy | None = None,
         *,
-        max_batch_size: int = 0,
-        max_queue_delay_us: int = 0,
-        preferred_batch_sizes: Sequence[int] = (),
         on_batch: BatchObserver | None = None,
     ) -> None:
         if not runners:
             raise ValueError("a batcher needs at least one runner")
         self.name = name
+        self.policy = policy or BatchPolicy()
         self._runners = list(runners)
-        self._max_batch_size = max_batch_size
-        self._delay_ns = max_queue_delay_us * 1000
-        self._target_rows = max(preferred_batch_sizes, default=max_batch_size) or 1
+        self._delay_ns = self.policy.max_queue_delay_us * 1000
         self._on_batch = on_batch
-        self._pending: deque[_Pending] = deque()
-        self._forming: list[_Pending] = []  # the batch being gathered, out of the queue, not yet running
+        self._queue = RequestQueue(name, self.policy)
+        self._controller = (
+            LatencyController(self.policy.latency_target_ms, len(runners), self.policy.max_batch_size)
+            if self.policy.batching and self.policy.latency_target_ms > 0
+            else None
+        )
         self._wakeup = asyncio.Event()
         self._idle: asyncio.Queue[int] = asyncio.Queue()
         self._executors: list[ThreadPoolExecutor] = []
         self._running: set[asyncio.Task[None]] = set()
+        self._forming: list[Pending] = []  # gathered, out of the queue, not yet running
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._accepting = False
         self._broken: BaseException | None = None
 
     @property
     def queued_requests(self) -> int:
-        """Requests waiting in the queue (not yet in a running batch)."""
-        return len(self._pending)
+        """Requests waiting in the queue (not yet in a batch)."""
+        return self._queue.requests
+
+    @property
+    def queued_rows(self) -> int:
+        return self._queue.rows
 
     @property
     def running_batches(self) -> int:
         """Batches executing now."""
         return len(self._running)
 
+    @property
+    def instances(self) -> int:
+        return len(self._runners)
+
+    @property
+    def controller(self) -> LatencyController | None:
+        """The latency-target controller, when the policy sets a target."""
+        return self._controller
+
+    def observe_cost(self, rows: int, ns: int) -> None:
+        """Feed the cost model a measured execution (warm-up runs seed it before traffic)."""
+        if self._controller is not None:
+            self._controller.observe(rows, ns)
+
     def start(self) -> None:
         """Start the worker threads and the batcher task on the running event loop."""
+        self._loop = asyncio.get_running_loop()
         for index in range(len(self._runners)):
-            self._executors.append(
-                ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.name}-{index}")
-            )
+            self._executors.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.name}-{index}"))
             self._idle.put_nowait(index)
-        self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.name}")
+        self._task = self._loop.create_task(self._dispatch(), name=f"batcher-{self.name}")
         self._task.add_done_callback(self._on_loop_done)
         self._accepting = True
 
     async def submit(
-        self, inputs: Mapping[str, np.ndarray], *, rows: int, deadline_ns: int | None = None
+        self,
+        inputs: Mapping[str, np.ndarray],
+        *,
+        rows: int,
+        deadline_ns: int | None = None,
+        priority: int = 0,
+        timeout_us: int = 0,
+        context: object = None,
     ) -> BatchResult:
         """Queue one request of `rows` batch rows and wait for its outputs.
 
         `inputs` must already be validated against the model (names in signature order,
-        dtypes, dims, rows <= max_batch_size). `deadline_ns` is on the monotonic clock.
+        dtypes, dims, rows <= max_batch_size). `deadline_ns` (monotonic) is the caller's hard
+        deadline; `timeout_us` the request's own queue timeout, used as the level's queue
+        policy allows (it always applies when the policy sets no default timeout).
         Cancelling the awaiting task withdraws the request if it has not run yet.
         """
         if self._broken is not None:
             raise InternalError(f"model {self.name}: the batcher stopped: {self._broken}")
-        if not self._accepting:
+        if not self._accepting or self._loop is None:
             raise ModelNotReadyError(f"model {self.name} is unloading and takes no new requests")
-        key = tuple(a.shape[1:] for a in inputs.values()) if self._max_batch_size else ()
-        future: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(inputs, rows, key, future, monotonic_ns(), deadline_ns))
+        loop = self._loop
+        now = monotonic_ns()
+        if self.policy.priority_levels and priority > self.policy.priority_levels:
+            raise InvalidInputError(
+                f"model {self.name}: priority {priority} is outside 1..{self.policy.priority_levels} "
+                "(the model's priority_levels; 0 means its default level)"
+            )
+        level = self.policy.level_of(priority)
+        if self._controller is not None:
+            self._admit(level, rows, now, deadline_ns)
+        key = tuple(a.shape[1:] for a in inputs.values()) if self.policy.batching else ()
+        future: asyncio.Future[object] = loop.create_future()
+        item = Pending(inputs, rows, key, future, now, deadline_ns, level, context, [])
+        self._queue.push(item)  # QueueFullError when the level is full
+        self._arm_timers(loop, item, now, timeout_us)
         self._wakeup.set()
-        return await future
+        try:
+            return cast(BatchResult, await future)
+        except asyncio.CancelledError:
+            self._queue.discard(item)
+            raise
+        finally:
+            for timer in item.timers:
+                timer.cancel()
 
     async def close(self, timeout_s: float | None = None) -> None:
         """Refuse new requests, finish the queued and running ones, then stop the threads.
@@ -149,7 +223,7 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         stop_at = None if timeout_s is None else loop.time() + timeout_s
         # Shutdown only: a short poll keeps the hot path free of bookkeeping for it.
-        while (self._pending or self._forming or self._running) and self._broken is None:
+        while (self._queue.requests or self._forming or self._running) and self._broken is None:
             if stop_at is not None and loop.time() >= stop_at:
                 break
             await asyncio.sleep(0.005)
@@ -163,9 +237,70 @@ class DynamicBatcher:
         for executor in self._executors:
             executor.shutdown(wait=False, cancel_futures=True)
 
+    # -- admission and timers -----------------------------------------------------------
+
+    def _admit(self, level: int, rows: int, now: int, deadline_ns: int | None) -> None:
+        controller = self._controller
+        assert controller is not None
+        if not controller.ready:
+            return
+        ahead = self._queue.rows_ahead(level) + sum(item.rows for item in self._forming)
+        estimate = controller.estimate_ns(ahead, rows, len(self._running))
+        if deadline_ns is not None and now + estimate > deadline_ns:
+            raise DeadlineExceededError(
+                f"model {self.name}: the request cannot finish before its deadline "
+                f"(estimated {estimate / 1e6:.1f} ms, {max(deadline_ns - now, 0) / 1e6:.1f} ms left); not queued"
+            )
+        refused = controller.admit(ahead, rows, len(self._running))
+        if refused is not None:
+            raise LatencyTargetError(
+                f"model {self.name}: overloaded: the request would take about {refused / 1e6:.1f} ms, over the "
+                f"latency target of {self.policy.latency_target_ms:g} ms; retry later or on another replica"
+            )
+
+    def _arm_timers(self, loop: asyncio.AbstractEventLoop, item: Pending, now: int, timeout_us: int) -> None:
+        policy = self.policy.queue_policy(item.level)
+        queue_timeout_us = policy.default_timeout_us
+        if timeout_us > 0 and (policy.allow_timeout_override or not queue_timeout_us):
+            queue_timeout_us = timeout_us
+        if queue_timeout_us > 0:
+            action = self._delay if policy.delay_on_timeout else self._expire
+            why = f" (its queue timeout of {queue_timeout_us / 1000:g} ms)"
+            item.timers.append(loop.call_later(queue_timeout_us / 1e6, action, item, why))
+        if item.deadline_ns is not None:
+            item.timers.append(loop.call_later(max(item.deadline_ns - now, 0) / 1e9, self._expire, item, ""))
+
+    def _expire(self, item: Pending, why: str) -> None:
+        if not item.queued or item.future.done():
+            return
+        self._queue.discard(item)
+        waited_ms = (monotonic_ns() - item.enqueued_ns) / 1e6
+        item.future.set_exception(
+            DeadlineExceededError(
+                f"model {self.name}: the request's deadline passed{why} after {waited_ms:.1f} ms in the queue; "
+                "it was not computed"
+            )
+        )
+
+    def _past_deadline(self, item: Pending, now: int) -> bool:
+        """Fail a request whose deadline passed while its batch formed; True if it did."""
+        if item.deadline_ns is None or now < item.deadline_ns:
+            return False
+        waited_ms = (now - item.enqueued_ns) / 1e6
+        item.future.set_exception(
+            DeadlineExceededError(
+                f"model {self.name}: the request's deadline passed after {waited_ms:.1f} ms in the queue; "
+                "it was not computed"
+            )
+        )
+        return True
+
+    def _delay(self, item: Pending, why: str) -> None:
+        self._queue.delay(item)
+
     # -- the batcher task ---------------------------------------------------------------
 
-    async def _loop(self) -> None:
+    async def _dispatch(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             instance = await self._idle.get()
@@ -174,17 +309,19 @@ class DynamicBatcher:
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
-    async def _next_batch(self) -> list[_Pending]:
+    async def _next_batch(self) -> list[Pending]:
         first = await self._pop_live()
         batch = [first]
-        if not self._max_batch_size:
+        if not self.policy.batching:
             return batch
-        rows = self._gather(batch, first.rows)
-        if self._delay_ns and rows < self._target_rows:
+        cap = self._controller.batch_cap() if self._controller is not None else self.policy.max_batch_size
+        rows = self._queue.take_compatible(batch, first.rows, cap) if self._queue.requests else first.rows
+        target = min(max(self.policy.preferred_batch_sizes, default=cap), cap)
+        if self._delay_ns and rows < target:
             # Held here while waiting, so that close() can see and, if cancelled, fail them.
             self._forming = batch
             expire_ns = first.enqueued_ns + self._delay_ns
-            while rows < self._target_rows:
+            while rows < target:
                 remaining_ns = expire_ns - monotonic_ns()
                 if remaining_ns <= 0:
                     break
@@ -193,92 +330,59 @@ class DynamicBatcher:
                     await asyncio.wait_for(self._wakeup.wait(), remaining_ns / 1e9)
                 except TimeoutError:
                     pass
-                rows = self._gather(batch, rows)
+                rows = self._queue.take_compatible(batch, rows, cap)
             self._forming = []
         return batch
 
-    async def _pop_live(self) -> _Pending:
+    async def _pop_live(self) -> Pending:
         while True:
-            while not self._pending:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-            item = self._pending.popleft()
-            if self._alive(item, monotonic_ns()):
+            item = self._queue.pop()
+            if item is not None:
                 return item
+            self._wakeup.clear()
+            await self._wakeup.wait()
 
-    def _gather(self, batch: list[_Pending], rows: int) -> int:
-        """Move every queued request that fits into `batch`; return the batch's rows."""
-        if not self._pending or rows >= self._max_batch_size:
-            return rows
-        key = batch[0].key
-        now = monotonic_ns()
-        kept: deque[_Pending] = deque()
-        while self._pending:
-            item = self._pending.popleft()
-            if not self._alive(item, now):
-                continue
-            if item.key == key and rows + item.rows <= self._max_batch_size:
-                batch.append(item)
-                rows += item.rows
-                if rows >= self._max_batch_size:
-                    break
-            else:
-                kept.append(item)
-        kept.extend(self._pending)
-        self._pending = kept
-        return rows
-
-    def _alive(self, item: _Pending, now_ns: int) -> bool:
-        if item.future.done():  # cancelled by its caller
-            return False
-        if item.deadline_ns is not None and now_ns >= item.deadline_ns:
-            waited_ms = (now_ns - item.enqueued_ns) / 1e6
-            item.future.set_exception(
-                DeadlineExceededError(
-                    f"model {self.name}: the request's deadline passed after {waited_ms:.1f} ms in the queue"
-                )
-            )
-            return False
-        return True
-
-    async def _execute(
-        self, loop: asyncio.AbstractEventLoop, instance: int, batch: list[_Pending]
-    ) -> None:
+    async def _execute(self, loop: asyncio.AbstractEventLoop, instance: int, batch: list[Pending]) -> None:
         try:
-            start_ns = monotonic_ns()
-            live = [item for item in batch if self._alive(item, start_ns)]
+            now = monotonic_ns()
+            live = [item for item in batch if not item.future.done() and not self._past_deadline(item, now)]
             if not live:
                 return
             rows = [item.rows for item in live]
+            total = sum(rows)
+            started = monotonic_ns()
             try:
                 parts, input_ns, infer_ns, output_ns = await loop.run_in_executor(
-                    self._executors[instance],
-                    self._compute,
-                    instance,
-                    [item.inputs for item in live],
-                    rows,
+                    self._executors[instance], self._compute, instance, [item.inputs for item in live], rows
                 )
             except Exception as exc:  # noqa: BLE001 - every failure is handed to the waiters
-                error = self._batch_error(exc)  # once per batch: one log line, not one per request
+                error = self._batch_error(exc)
                 for item in live:
                     if not item.future.done():
                         item.future.set_exception(type(error)(str(error)))
+                self._report(BatchReport(self.name, total, started, monotonic_ns(), error=error,
+                                         contexts=[item.context for item in live]))
                 return
-            total = sum(rows)
-            if self._on_batch is not None:
-                try:
-                    self._on_batch(total, input_ns, infer_ns, output_ns)
-                except Exception:  # an observer's fault must not leave the waiters hanging
-                    log.exception("model %s: the batch observer failed", self.name)
+            finished = monotonic_ns()
+            if self._controller is not None:
+                self._controller.observe(total, finished - started)
             for item, outputs in zip(live, parts, strict=True):
                 if not item.future.done():
                     item.future.set_result(
-                        BatchResult(
-                            outputs, start_ns - item.enqueued_ns, input_ns, infer_ns, output_ns, total
-                        )
+                        BatchResult(outputs, item.enqueued_ns, started, input_ns, infer_ns, output_ns, total)
                     )
+            self._report(BatchReport(self.name, total, started, finished, input_ns, infer_ns, output_ns,
+                                     [item.context for item in live]))
         finally:
             self._idle.put_nowait(instance)
+
+    def _report(self, report: BatchReport) -> None:
+        if self._on_batch is None:
+            return
+        try:
+            self._on_batch(report)
+        except Exception:  # an observer must never strand the batch's waiters
+            log.exception("model %s: batch observer failed", self.name)
 
     def _compute(
         self, instance: int, inputs: list[Mapping[str, np.ndarray]], rows: list[int]
@@ -288,13 +392,13 @@ class DynamicBatcher:
         t1 = perf_counter_ns()
         outputs = self._runners[instance](feeds)
         t2 = perf_counter_ns()
-        parts = split_outputs(outputs, rows) if self._max_batch_size else [dict(outputs)]
+        parts = split_outputs(outputs, rows) if len(rows) > 1 else [dict(outputs)]
         t3 = perf_counter_ns()
         return parts, t1 - t0, t2 - t1, t3 - t2
 
     def _batch_error(self, exc: Exception) -> OrtserveError:
         if isinstance(exc, OrtserveError):
-            return type(exc)(str(exc))
+            return exc
         log.error("model %s: batch execution failed", self.name, exc_info=exc)
         return InternalError(f"model {self.name}: batch execution failed: {exc}")
 
@@ -308,9 +412,8 @@ class DynamicBatcher:
             self._fail_all(InternalError(f"model {self.name}: the batcher stopped: {exc}"))
 
     def _fail_all(self, error: OrtserveError) -> None:
-        stranded = [*self._forming, *self._pending]
+        stranded = [*self._forming, *self._queue.drain()]
         self._forming = []
-        self._pending.clear()
         for item in stranded:
             if not item.future.done():
                 item.future.set_exception(type(error)(str(error)))

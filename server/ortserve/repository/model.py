@@ -11,12 +11,14 @@ import asyncio
 import logging
 from collections.abc import Mapping
 from pathlib import Path
+from time import perf_counter_ns
 
 import numpy as np
 
-from ortserve.batching import BatchResult, DynamicBatcher
+from ortserve.batching import BatchObserver, BatchReport, BatchResult, DynamicBatcher
 from ortserve.errors import ModelLoadError
 from ortserve.observability import ModelStats
+from ortserve.repository.batch_policy import batch_policy
 from ortserve.repository.model_config import GraphTensor, complete_config, unhonoured_fields
 from ortserve.repository.signature import Signature, zero_feeds
 from ortserve.runtime import InstanceSpec, OnnxModel, RuntimeOptions
@@ -46,7 +48,12 @@ class ModelVersion:
     """A loaded, warmed-up model version with its batcher, or the reason it is not."""
 
     def __init__(
-        self, name: str, version: int, config: mc.ModelConfig, onnx: OnnxModel
+        self,
+        name: str,
+        version: int,
+        config: mc.ModelConfig,
+        onnx: OnnxModel,
+        default_latency_target_ms: float = 0.0,
     ) -> None:
         self.name = name
         self.version = version
@@ -56,14 +63,13 @@ class ModelVersion:
         self.stats = ModelStats()
         self.onnx = onnx
         self.device = onnx.instances[0].device
-        batching = config.dynamic_batching
+        self.batch_observers: list[BatchObserver] = []
+        """Called with every BatchReport after the statistics are updated (e.g. tracing)."""
         self._batcher = DynamicBatcher(
             f"{name}_{version}",
             [instance.run for instance in onnx.instances],
-            max_batch_size=config.max_batch_size,
-            max_queue_delay_us=batching.max_queue_delay_microseconds,
-            preferred_batch_sizes=list(batching.preferred_batch_size),
-            on_batch=self.stats.record_batch,
+            batch_policy(config, default_latency_target_ms),
+            on_batch=self._on_batch,
         )
 
     @classmethod
@@ -75,6 +81,7 @@ class ModelVersion:
         path: Path,
         options: RuntimeOptions,
         default_max_batch_size: int,
+        default_latency_target_ms: float = 0.0,
     ) -> ModelVersion:
         """Create the sessions, complete the config from the graph and warm up (blocking)."""
         for field in unhonoured_fields(base_config):
@@ -88,7 +95,7 @@ class ModelVersion:
                 [GraphTensor(t.name, t.datatype, t.shape) for t in onnx.outputs],
                 default_max_batch_size=default_max_batch_size,
             )
-            model = cls(name, version, config, onnx)
+            model = cls(name, version, config, onnx, default_latency_target_ms)
             model.warm_up()
         except BaseException:
             onnx.close()
@@ -96,12 +103,20 @@ class ModelVersion:
         return model
 
     def warm_up(self) -> None:
-        """Run every instance once at batch size 1 and once at max_batch_size (blocking)."""
+        """Run every instance at batch size 1 and at max_batch_size, twice (blocking).
+
+        The first run of each size pays one-time costs; the second is timed and seeds the
+        batcher's cost model, so the latency-target controller starts from real numbers.
+        """
         sizes = sorted({1, self.config.max_batch_size or 1})
         for instance in self.onnx.instances:
             for rows in sizes:
+                feeds = zero_feeds(self.signature, rows)
                 try:
-                    instance.run(zero_feeds(self.signature, rows))
+                    instance.run(feeds)
+                    started = perf_counter_ns()
+                    instance.run(feeds)
+                    self._batcher.observe_cost(rows, perf_counter_ns() - started)
                 except Exception as exc:
                     raise ModelLoadError(
                         f"model {self.name!r} version {self.version}: warm-up at batch size {rows} "
@@ -113,9 +128,30 @@ class ModelVersion:
         self._batcher.start()
 
     async def infer(
-        self, inputs: Mapping[str, np.ndarray], *, rows: int, deadline_ns: int | None
+        self,
+        inputs: Mapping[str, np.ndarray],
+        *,
+        rows: int,
+        deadline_ns: int | None = None,
+        priority: int = 0,
+        timeout_us: int = 0,
+        context: object = None,
     ) -> BatchResult:
-        return await self._batcher.submit(inputs, rows=rows, deadline_ns=deadline_ns)
+        return await self._batcher.submit(
+            inputs, rows=rows, deadline_ns=deadline_ns, priority=priority, timeout_us=timeout_us, context=context
+        )
+
+    @property
+    def batcher(self) -> DynamicBatcher:
+        return self._batcher
+
+    def _on_batch(self, report: BatchReport) -> None:
+        if report.error is None:
+            self.stats.record_batch(
+                report.rows, report.compute_input_ns, report.compute_infer_ns, report.compute_output_ns
+            )
+        for observer in self.batch_observers:
+            observer(report)
 
     @property
     def queued_requests(self) -> int:

@@ -56,11 +56,17 @@ class ModelRegistry:
     """Loads the models of one repository directory and finds them by name and version."""
 
     def __init__(
-        self, root: Path, options: RuntimeOptions, *, default_max_batch_size: int
+        self,
+        root: Path,
+        options: RuntimeOptions,
+        *,
+        default_max_batch_size: int,
+        default_latency_target_ms: float = 0.0,
     ) -> None:
         self.root = root
         self._options = options
         self._default_max_batch_size = default_max_batch_size
+        self._default_latency_target_ms = default_latency_target_ms
         self._models: dict[str, _Model] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -213,6 +219,7 @@ class ModelRegistry:
                 model_dir / str(version) / filename,
                 self._options,
                 self._default_max_batch_size,
+                self._default_latency_target_ms,
             )
 
         results = await asyncio.gather(*(one(v) for v in wanted), return_exceptions=True)
