@@ -98,7 +98,7 @@ class LatencyController:
         budget = self.target_ns / 2 - fixed
         if per_row <= 0:
             return self.max_batch_size if budget > 0 else 1
-        return max(1, min(self.max_batch_size, math.floor(budget / per_row)))
+        return max(1, min(self.max_batch_size, math.floor(budget / per_row + 1e-9)))
 
     def estimate_ns(self, rows_ahead: int, rows: int, busy_instances: int) -> float:
         """Expected time until a request of `rows` rows, behind `rows_ahead`, is answered."""

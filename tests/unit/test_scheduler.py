@@ -1,0 +1,290 @@
+"""The scheduler's knobs: priorities, queue policies, timeouts, no-dynamic mode, and the
+latency-target controller (pure, on numbers) and its use by the batcher."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ortserve.batching import BatchPolicy, DynamicBatcher, LatencyController, LatencyTargetError, QueuePolicy
+from ortserve.batching.controller import ADMIT_FRACTION, CostModel
+from ortserve.errors import DeadlineExceededError, InvalidInputError, QueueFullError
+from tests.unit.test_batcher import Runner, run, until, x
+
+MS = 1_000_000
+
+
+async def held(policy: BatchPolicy, runner: Runner | None = None) -> tuple[DynamicBatcher, Runner, asyncio.Task[Any]]:
+    """A started one-instance batcher whose instance is busy with a blocker at the top priority."""
+    runner = runner or Runner(hold=True)
+    b = DynamicBatcher("m_1", [runner], policy)
+    b.start()
+    blocker = asyncio.create_task(b.submit({"x": x(1, -1.0)}, rows=1, priority=1 if policy.priority_levels else 0))
+    await runner.wait_entered()
+    return b, runner, blocker
+
+
+def submit(b: DynamicBatcher, value: float, **options: Any) -> asyncio.Task[Any]:
+    return asyncio.create_task(b.submit({"x": x(1, value)}, rows=1, **options))
+
+
+def first_values(runner: Runner) -> list[float]:
+    """The first input value of every call after the blocker, in call order."""
+    return [float(call["x"][0, 0]) for call in runner.calls[1:]]
+
+
+# -- priorities -------------------------------------------------------------------------
+
+
+def test_higher_priority_levels_run_first_and_fifo_within_a_level() -> None:
+    async def main() -> None:
+        b, runner, blocker = await held(BatchPolicy(max_batch_size=1, priority_levels=3, default_priority_level=2))
+        tasks = [
+            submit(b, 30.0, priority=3),
+            submit(b, 20.0, priority=0),  # the default level, 2
+            submit(b, 10.0, priority=1),
+            submit(b, 21.0, priority=2),
+            submit(b, 11.0, priority=1),
+        ]
+        await until(lambda: b.queued_requests == 5)
+        runner.release.set()
+        await asyncio.gather(blocker, *tasks)
+        await b.close()
+        assert first_values(runner) == [10.0, 11.0, 20.0, 21.0, 30.0]
+
+    run(main)
+
+
+def test_a_batch_takes_higher_priorities_first() -> None:
+    async def main() -> None:
+        b, runner, blocker = await held(BatchPolicy(max_batch_size=2, priority_levels=2))
+        tasks = [submit(b, 5.0, priority=2), submit(b, 6.0, priority=2), submit(b, 1.0, priority=1)]
+        await until(lambda: b.queued_requests == 3)
+        runner.release.set()
+        await asyncio.gather(blocker, *tasks)
+        await b.close()
+        assert [call["x"][:, 0].tolist() for call in runner.calls[1:]] == [[1.0, 5.0], [6.0]]
+
+    run(main)
+
+
+def test_a_priority_beyond_the_levels_is_invalid() -> None:
+    async def main() -> None:
+        b = DynamicBatcher("m_1", [Runner()], BatchPolicy(max_batch_size=4, priority_levels=2))
+        b.start()
+        with pytest.raises(InvalidInputError, match=r"priority 3 is outside 1..2"):
+            await b.submit({"x": x(1, 0.0)}, rows=1, priority=3)
+        await b.close()
+
+    run(main)
+
+
+# -- queue policies ---------------------------------------------------------------------
+
+
+def test_max_queue_size_refuses_at_once_per_level() -> None:
+    async def main() -> None:
+        policy = BatchPolicy(
+            max_batch_size=4, priority_levels=2, queue_policies={2: QueuePolicy(max_queue_size=2)}
+        )
+        b, runner, blocker = await held(policy)
+        kept = [submit(b, 1.0, priority=2), submit(b, 2.0, priority=2)]
+        await until(lambda: b.queued_requests == 2)
+        with pytest.raises(QueueFullError, match=r"priority level 2 is full \(2 requests"):
+            await b.submit({"x": x(1, 3.0)}, rows=1, priority=2)
+        other_level = submit(b, 4.0, priority=1)  # level 1 has no bound
+        await until(lambda: b.queued_requests == 3)
+        runner.release.set()
+        await asyncio.gather(blocker, *kept, other_level)
+        await b.close()
+        assert sorted(v for call in runner.calls[1:] for v in call["x"][:, 0].tolist()) == [1.0, 2.0, 4.0]
+
+    run(main)
+
+
+def test_reject_timeout_answers_deadline_exceeded_on_time_and_never_computes() -> None:
+    async def main() -> None:
+        b, runner, blocker = await held(
+            BatchPolicy(max_batch_size=4, default_queue_policy=QueuePolicy(default_timeout_us=50_000))
+        )
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceededError, match=r"deadline passed \(its queue timeout of 50 ms\)"):
+            await b.submit({"x": x(1, 7.0)}, rows=1)
+        assert time.monotonic() - started < 1.0  # answered at the timeout, while the instance is still busy
+        assert not runner.release.is_set()
+        runner.release.set()
+        await blocker
+        await b.close()
+        assert first_values(runner) == []
+
+    run(main)
+
+
+def test_delay_timeout_moves_the_request_behind_every_other() -> None:
+    async def main() -> None:
+        policy = BatchPolicy(
+            max_batch_size=1,
+            priority_levels=2,
+            queue_policies={1: QueuePolicy(default_timeout_us=20_000, delay_on_timeout=True)},
+        )
+        b, runner, blocker = await held(policy)
+        delayed = submit(b, 1.0, priority=1)
+        await asyncio.sleep(0.1)  # its 20 ms timeout passes: it is delayed, not rejected
+        later = submit(b, 2.0, priority=2)
+        await until(lambda: b.queued_requests == 2)
+        runner.release.set()
+        await asyncio.gather(blocker, delayed, later)
+        await b.close()
+        assert first_values(runner) == [2.0, 1.0]
+
+    run(main)
+
+
+@pytest.mark.parametrize(
+    ("policy", "expires"),
+    [
+        (QueuePolicy(), True),  # no default timeout: the request's own applies
+        (QueuePolicy(default_timeout_us=10_000_000), False),  # a default it may not override
+        (QueuePolicy(default_timeout_us=10_000_000, allow_timeout_override=True), True),
+    ],
+)
+def test_a_request_timeout_applies_as_the_policy_allows(policy: QueuePolicy, expires: bool) -> None:
+    async def main() -> None:
+        b, runner, blocker = await held(BatchPolicy(max_batch_size=4, default_queue_policy=policy))
+        task = submit(b, 9.0, timeout_us=30_000)
+        await asyncio.sleep(0.15)
+        runner.release.set()
+        await blocker
+        if expires:
+            with pytest.raises(DeadlineExceededError):
+                await task
+            assert first_values(runner) == []
+        else:
+            await task
+            assert first_values(runner) == [9.0]
+        await b.close()
+
+    run(main)
+
+
+def test_a_grpc_deadline_fires_while_every_instance_is_busy() -> None:
+    async def main() -> None:
+        b, runner, blocker = await held(BatchPolicy(max_batch_size=4))
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceededError, match="deadline passed"):
+            await b.submit({"x": x(1, 3.0)}, rows=1, deadline_ns=time.monotonic_ns() + 40 * MS)
+        assert time.monotonic() - started < 1.0
+        runner.release.set()
+        await blocker
+        await b.close()
+        assert first_values(runner) == []
+
+    run(main)
+
+
+def test_without_dynamic_batching_each_request_runs_alone() -> None:
+    async def main() -> None:
+        b, runner, blocker = await held(BatchPolicy(max_batch_size=8, dynamic=False))
+        tasks = [submit(b, float(v)) for v in range(3)]
+        await until(lambda: b.queued_requests == 3)
+        runner.release.set()
+        await asyncio.gather(blocker, *tasks)
+        await b.close()
+        assert runner.rows == [1, 1, 1, 1]
+
+    run(main)
+
+
+# -- the latency-target controller ------------------------------------------------------
+
+
+def test_cost_model_fits_fixed_and_per_row_cost() -> None:
+    model = CostModel()
+    for rows in [1, 2, 4, 8, 16, 32] * 5:
+        model.observe(rows, 1 * MS + rows * MS // 2)
+    fixed, per_row = model.line()
+    assert fixed == pytest.approx(1 * MS, rel=1e-6)
+    assert per_row == pytest.approx(0.5 * MS, rel=1e-6)
+
+
+def test_cost_model_follows_a_change_of_machine_speed() -> None:
+    model = CostModel()
+    for rows in [1, 8, 32] * 20:
+        model.observe(rows, rows * MS)
+    for rows in [1, 8, 32] * 40:  # the machine got twice as slow
+        model.observe(rows, 2 * rows * MS)
+    assert model.predict(10) == pytest.approx(20 * MS, rel=0.05)
+
+
+def test_cost_model_with_one_batch_size_is_proportional() -> None:
+    model = CostModel()
+    for _ in range(5):
+        model.observe(4, 8 * MS)
+    assert model.predict(4) == pytest.approx(8 * MS) and model.predict(8) == pytest.approx(16 * MS)
+
+
+def test_batch_cap_leaves_room_for_one_batch_of_waiting() -> None:
+    controller = LatencyController(target_ms=10, instances=1, max_batch_size=64)
+    assert controller.batch_cap() == 64  # not calibrated yet: no cap
+    for rows in (1, 4, 16, 32):
+        controller.observe(rows, 1 * MS + rows * MS // 2)
+    assert controller.batch_cap() == 8  # 2 * (1 + 0.5 * 8) ms = 10 ms
+    assert LatencyController(10, 1, 4).batch_cap() == 4
+
+
+def test_admission_rejects_what_cannot_make_the_target() -> None:
+    controller = LatencyController(target_ms=20, instances=2, max_batch_size=8)
+    assert controller.admit(rows_ahead=10_000, rows=1, busy_instances=2) is None  # uncalibrated: admit
+    for rows in (1, 2, 4, 8):
+        controller.observe(rows, rows * MS)  # 1 ms per row
+    assert controller.batch_cap() == 8
+    assert controller.admit(rows_ahead=0, rows=1, busy_instances=0) is None
+    estimate = controller.estimate_ns(rows_ahead=40, rows=1, busy_instances=2)
+    assert estimate > ADMIT_FRACTION * 20 * MS
+    assert controller.admit(rows_ahead=40, rows=1, busy_instances=2) == pytest.approx(estimate)
+
+
+def test_the_batcher_caps_batches_and_sheds_load_under_a_target() -> None:
+    per_row_s = 0.002
+
+    def slow(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        time.sleep(per_row_s * len(feeds["x"]))
+        return {"y": feeds["x"] * 2}
+
+    async def main() -> None:
+        runner = Runner(slow)
+        b = DynamicBatcher("m_1", [runner], BatchPolicy(max_batch_size=64, latency_target_ms=20))
+        for rows in (1, 4, 8, 16):
+            b.observe_cost(rows, int(rows * per_row_s * 1e9))
+        assert b.controller is not None and b.controller.batch_cap() == 5  # 2 * 2 ms * 5 = 20 ms
+        b.start()
+        results = await asyncio.gather(
+            *(b.submit({"x": x(1, float(i))}, rows=1) for i in range(40)), return_exceptions=True
+        )
+        await b.close()
+        shed = [r for r in results if isinstance(r, LatencyTargetError)]
+        served = [r for r in results if not isinstance(r, BaseException)]
+        assert shed and served, results
+        assert "over the latency target of 20 ms" in str(shed[0])
+        assert max(runner.rows) <= 5
+        assert sum(runner.rows) == len(served)  # nothing shed was computed
+
+    run(main)
+
+
+def test_a_deadline_that_cannot_be_met_is_refused_before_queueing() -> None:
+    async def main() -> None:
+        b = DynamicBatcher("m_1", [Runner()], BatchPolicy(max_batch_size=8, latency_target_ms=1000))
+        for rows in (1, 2, 4, 8):
+            b.observe_cost(rows, rows * 50 * MS)  # 50 ms per row
+        b.start()
+        with pytest.raises(DeadlineExceededError, match="cannot finish before its deadline"):
+            await b.submit({"x": x(4, 0.0)}, rows=4, deadline_ns=time.monotonic_ns() + 20 * MS)
+        assert b.queued_requests == 0
+        await b.close()
+
+    run(main)
