@@ -169,11 +169,13 @@ def write_garbage_model(repo: Path, name: str, version: int = 1) -> None:
 # -- models ---------------------------------------------------------------------------------
 
 
-def sleeper(n: int = 256) -> onnx.ModelProto:
+def sleeper(n: int = 256, *, batchable: bool = False) -> onnx.ModelProto:
     """INT64 x [1] -> y = x, after x iterations of an n x n MatMul: a model as slow as asked.
 
     Its dims are fixed, so the server does not batch it: each request runs alone, in order.
+    With `batchable`, x and y are [batch, 1] and a batch runs max(x) iterations.
     """
+    dims: list[int | str] = ["batch", 1] if batchable else [1]
     body = helper.make_graph(
         [
             helper.make_node("Identity", ["cond_in"], ["cond_out"]),
@@ -209,8 +211,8 @@ def sleeper(n: int = 256) -> onnx.ModelProto:
     graph = helper.make_graph(
         nodes,
         "sleeper",
-        [helper.make_tensor_value_info("x", TensorProto.INT64, [1])],
-        [helper.make_tensor_value_info("y", TensorProto.INT64, [1])],
+        [helper.make_tensor_value_info("x", TensorProto.INT64, dims)],
+        [helper.make_tensor_value_info("y", TensorProto.INT64, dims)],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", models.OPSET)])
     model.ir_version = models.IR_VERSION

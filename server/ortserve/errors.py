@@ -11,6 +11,9 @@ status codes, most specific class first. No class here knows a transport code.
     │   ├── ServerDrainingError     the server is shutting down
     │   └── QueueFullError          a queue bound was hit
     ├── ResourceExhaustedError      a size or rate limit was exceeded
+    │   └── RateLimitedError        a client's rate limit (carries a retry hint)
+    ├── AuthenticationError         credentials are missing or invalid
+    ├── PermissionDeniedError       valid credentials without the scope the call needs
     ├── DeadlineExceededError       the request's deadline passed before it ran
     ├── RequestCancelledError       the caller cancelled the request
     ├── UnsupportedError            a feature this server does not offer
@@ -51,6 +54,22 @@ class QueueFullError(UnavailableError):
 
 class ResourceExhaustedError(OrtserveError):
     """The request exceeds a size or rate limit."""
+
+
+class RateLimitedError(ResourceExhaustedError):
+    """A client went over its rate limit; it may retry after `retry_after_ms`."""
+
+    def __init__(self, message: str, *, retry_after_ms: int) -> None:
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
+
+
+class AuthenticationError(OrtserveError):
+    """The call carries no credentials, or credentials that do not verify."""
+
+
+class PermissionDeniedError(OrtserveError):
+    """The caller is known but lacks the scope the call needs."""
 
 
 class DeadlineExceededError(OrtserveError):

@@ -15,12 +15,14 @@ import grpc
 from grpc import aio
 
 from ortserve.errors import (
+    AuthenticationError,
     DeadlineExceededError,
     InternalError,
     InvalidInputError,
     ModelLoadError,
     ModelNotFoundError,
     OrtserveError,
+    PermissionDeniedError,
     RequestCancelledError,
     ResourceExhaustedError,
     UnavailableError,
@@ -38,6 +40,8 @@ STATUS_TABLE: tuple[tuple[type[OrtserveError], grpc.StatusCode], ...] = (
     (DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
     (RequestCancelledError, grpc.StatusCode.CANCELLED),
     (UnsupportedError, grpc.StatusCode.UNIMPLEMENTED),
+    (AuthenticationError, grpc.StatusCode.UNAUTHENTICATED),
+    (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
     (InternalError, grpc.StatusCode.INTERNAL),
     (OrtserveError, grpc.StatusCode.INTERNAL),
 )
