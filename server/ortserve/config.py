@@ -52,6 +52,44 @@ class ServerSettings:
     """Log level: debug, info, warning, error (the request path never logs below warning)."""
     event_loop: str = "auto"
     """Event loop: auto (uvloop when installed), uvloop, or asyncio."""
+    max_inflight_requests: int = 1024
+    """Most inference requests in flight at once; beyond it UNAVAILABLE at once (0 = unbounded)."""
+    max_tensor_elements: int = 2**26
+    """Most elements one input tensor may declare; beyond it RESOURCE_EXHAUSTED before any allocation."""
+    tls_cert: Path | None = None
+    """PEM certificate chain of the gRPC port (with tls_key: TLS; re-read when the file changes)."""
+    tls_key: Path | None = None
+    """PEM private key of tls_cert (re-read when the file changes)."""
+    tls_client_ca: Path | None = None
+    """PEM CA bundle; when set, clients must present a certificate it signed (mTLS)."""
+    auth_api_keys_file: Path | None = None
+    """TOML file of API keys (id, sha256 of the key, scopes); turns authentication on."""
+    auth_jwt_secret_file: Path | None = None
+    """File holding the HS256 secret (>= 32 bytes) that verifies bearer JWTs; turns authentication on."""
+    auth_jwt_public_key_file: Path | None = None
+    """PEM RSA (RS256) or P-256 (ES256) public key that verifies bearer JWTs; turns authentication on."""
+    auth_jwt_jwks_file: Path | None = None
+    """JWKS file whose keys (chosen by kid) verify bearer JWTs, re-read when it changes; turns authentication on."""
+    auth_jwt_issuer: str = ""
+    """Required `iss` of bearer JWTs ("" = not checked)."""
+    auth_jwt_audience: str = ""
+    """Required `aud` of bearer JWTs ("" = tokens must carry none)."""
+    auth_jwt_leeway_seconds: float = 30.0
+    """Clock skew allowed when checking a JWT's exp, nbf and iat."""
+    rate_limit_inference_per_s: float = 0.0
+    """Inference requests per second per client (token subject, key id or peer host); 0 = unlimited."""
+    rate_limit_inference_burst: int = 0
+    """Inference requests a client may send at once above its rate (0 = the rate rounded up)."""
+    rate_limit_metadata_per_s: float = 0.0
+    """Metadata requests per second per client; 0 = unlimited."""
+    rate_limit_metadata_burst: int = 0
+    """Metadata requests a client may send at once above its rate (0 = the rate rounded up)."""
+    rate_limit_control_per_s: float = 0.0
+    """Model load/unload requests per second per client; 0 = unlimited."""
+    rate_limit_control_burst: int = 0
+    """Model load/unload requests a client may send at once above its rate (0 = the rate rounded up)."""
+    audit_log_file: Path | None = None
+    """Append the audit log of model loads and unloads (JSON lines) to this file as well as to the log."""
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -77,6 +115,17 @@ class ServerSettings:
             raise SettingsError(f"log_level: expected debug, info, warning or error, got {self.log_level!r}")
         if self.event_loop not in EVENT_LOOPS:
             raise SettingsError(f"event_loop: expected one of {', '.join(EVENT_LOOPS)}, got {self.event_loop!r}")
+        if self.max_inflight_requests < 0:
+            raise SettingsError(f"max_inflight_requests: expected >= 0 (0 = unbounded), got {self.max_inflight_requests}")
+        if self.max_tensor_elements < 1:
+            raise SettingsError(f"max_tensor_elements: expected >= 1, got {self.max_tensor_elements}")
+        for name in ("auth_jwt_leeway_seconds", "rate_limit_inference_per_s", "rate_limit_metadata_per_s",
+                     "rate_limit_control_per_s"):
+            if not 0 <= getattr(self, name) < float("inf"):  # NaN fails too
+                raise SettingsError(f"{name}: expected a finite number >= 0, got {getattr(self, name)}")
+        for name in ("rate_limit_inference_burst", "rate_limit_metadata_burst", "rate_limit_control_burst"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{name}: expected >= 0 (0 = the rate rounded up), got {getattr(self, name)}")
         if self.model_repository is not None and not Path(self.model_repository).is_dir():
             raise SettingsError(f"model_repository: {self.model_repository} is not a directory")
 
