@@ -26,6 +26,7 @@ from ortserve.errors import (
     DeadlineExceededError,
     InvalidInputError,
     OrtserveError,
+    QueueFullError,
     RequestCancelledError,
     ServerDrainingError,
     UnavailableError,
@@ -68,8 +69,10 @@ class InferResponse:
 class DataPlane:
     """Everything the servicers can ask of the server, with no transport in sight."""
 
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRegistry, *, max_inflight_requests: int = 0) -> None:
         self.registry = registry
+        self.max_inflight_requests = max_inflight_requests
+        """Global bound on inference requests in flight (0 = none): beyond it, UNAVAILABLE at once."""
         self.started = False
         """True once the repository's initial load finished."""
         self.draining = False
@@ -135,6 +138,11 @@ class DataPlane:
         """Run one request through its model's batcher (see the module docstring)."""
         start_ns = monotonic_ns()
         self._check_not_draining()
+        if self.in_flight >= self.max_inflight_requests > 0:
+            raise QueueFullError(
+                f"server overloaded: {self.in_flight} inference requests in flight reached the bound "
+                f"max_inflight_requests={self.max_inflight_requests}; retry later or on another replica"
+            )
         model = self.registry.get(request.model_name, request.model_version)
         self.in_flight += 1
         try:
