@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
+import threading
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from time import monotonic_ns, perf_counter_ns
 from typing import cast
@@ -94,6 +95,11 @@ class BatchReport:
 
 BatchObserver = Callable[[BatchReport], None]
 
+_Job = tuple[int, list[Pending], int]
+"""(instance, the batch's live requests, dispatch time): one unit of work for a worker thread."""
+_Done = tuple[list[dict[str, np.ndarray]], int, int, int]
+"""(per-request outputs, compute input/infer/output ns): what a worker hands back."""
+
 
 class DynamicBatcher:
     """Gathers concurrent requests of one model version into batches and runs them."""
@@ -121,8 +127,10 @@ class DynamicBatcher:
         )
         self._wakeup = asyncio.Event()
         self._idle: asyncio.Queue[int] = asyncio.Queue()
-        self._executors: list[ThreadPoolExecutor] = []
-        self._running: set[asyncio.Task[None]] = set()
+        self._jobs: list[queue.SimpleQueue[_Job | None]] = []
+        self._threads: list[threading.Thread] = []
+        self._running = 0  # batches executing
+        self._running_requests = 0
         self._forming: list[Pending] = []  # gathered, out of the queue, not yet running
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -141,7 +149,12 @@ class DynamicBatcher:
     @property
     def running_batches(self) -> int:
         """Batches executing now."""
-        return len(self._running)
+        return self._running
+
+    @property
+    def running_requests(self) -> int:
+        """Requests in the batches executing now."""
+        return self._running_requests
 
     @property
     def instances(self) -> int:
@@ -161,7 +174,13 @@ class DynamicBatcher:
         """Start the worker threads and the batcher task on the running event loop."""
         self._loop = asyncio.get_running_loop()
         for index in range(len(self._runners)):
-            self._executors.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.name}-{index}"))
+            jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+            thread = threading.Thread(
+                target=self._work, args=(self._loop, index, jobs), name=f"{self.name}-{index}", daemon=True
+            )
+            thread.start()
+            self._jobs.append(jobs)
+            self._threads.append(thread)
             self._idle.put_nowait(index)
         self._task = self._loop.create_task(self._dispatch(), name=f"batcher-{self.name}")
         self._task.add_done_callback(self._on_loop_done)
@@ -234,8 +253,8 @@ class DynamicBatcher:
             except asyncio.CancelledError:
                 pass
         self._fail_all(ModelNotReadyError(f"model {self.name} was unloaded before the request ran"))
-        for executor in self._executors:
-            executor.shutdown(wait=False, cancel_futures=True)
+        for jobs in self._jobs:
+            jobs.put(None)  # each worker thread ends after its current batch
 
     # -- admission and timers -----------------------------------------------------------
 
@@ -245,13 +264,13 @@ class DynamicBatcher:
         if not controller.ready:
             return
         ahead = self._queue.rows_ahead(level) + sum(item.rows for item in self._forming)
-        estimate = controller.estimate_ns(ahead, rows, len(self._running))
+        estimate = controller.estimate_ns(ahead, rows, self._running)
         if deadline_ns is not None and now + estimate > deadline_ns:
             raise DeadlineExceededError(
                 f"model {self.name}: the request cannot finish before its deadline "
                 f"(estimated {estimate / 1e6:.1f} ms, {max(deadline_ns - now, 0) / 1e6:.1f} ms left); not queued"
             )
-        refused = controller.admit(ahead, rows, len(self._running))
+        refused = controller.admit(ahead, rows, self._running)
         if refused is not None:
             raise LatencyTargetError(
                 f"model {self.name}: overloaded: the request would take about {refused / 1e6:.1f} ms, over the "
@@ -301,13 +320,17 @@ class DynamicBatcher:
     # -- the batcher task ---------------------------------------------------------------
 
     async def _dispatch(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             instance = await self._idle.get()
             batch = await self._next_batch()
-            task = loop.create_task(self._execute(loop, instance, batch))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
+            now = monotonic_ns()
+            live = [item for item in batch if not item.future.done() and not self._past_deadline(item, now)]
+            if not live:
+                self._idle.put_nowait(instance)
+                continue
+            self._running += 1
+            self._running_requests += len(live)
+            self._jobs[instance].put((instance, live, now))
 
     async def _next_batch(self) -> list[Pending]:
         first = await self._pop_live()
@@ -342,28 +365,36 @@ class DynamicBatcher:
             self._wakeup.clear()
             await self._wakeup.wait()
 
-    async def _execute(self, loop: asyncio.AbstractEventLoop, instance: int, batch: list[Pending]) -> None:
-        try:
-            now = monotonic_ns()
-            live = [item for item in batch if not item.future.done() and not self._past_deadline(item, now)]
-            if not live:
-                return
-            rows = [item.rows for item in live]
-            total = sum(rows)
-            started = monotonic_ns()
+    def _work(self, loop: asyncio.AbstractEventLoop, instance: int, jobs: queue.SimpleQueue[_Job | None]) -> None:
+        """One instance's worker thread: run its batches in turn, complete each on the loop."""
+        while (job := jobs.get()) is not None:
+            _, live, started = job
             try:
-                parts, input_ns, infer_ns, output_ns = await loop.run_in_executor(
-                    self._executors[instance], self._compute, instance, [item.inputs for item in live], rows
-                )
-            except Exception as exc:  # noqa: BLE001 - every failure is handed to the waiters
-                error = self._batch_error(exc)
+                done: _Done | BaseException = self._compute(instance, [item.inputs for item in live], live)
+            except BaseException as exc:  # noqa: BLE001 - handed to the batch's waiters
+                done = exc
+            try:
+                loop.call_soon_threadsafe(self._complete, job, done)
+            except RuntimeError:  # the loop closed during shutdown: nobody is waiting any more
+                return
+
+    def _complete(self, job: _Job, done: _Done | BaseException) -> None:
+        """On the loop: hand each request its slice (or the error), report, free the instance."""
+        instance, live, started = job
+        finished = monotonic_ns()
+        total = sum(item.rows for item in live)
+        contexts = [item.context for item in live]
+        self._running -= 1
+        self._running_requests -= len(live)
+        try:
+            if isinstance(done, BaseException):
+                error = self._batch_error(done)
                 for item in live:
                     if not item.future.done():
                         item.future.set_exception(type(error)(str(error)))
-                self._report(BatchReport(self.name, total, started, monotonic_ns(), error=error,
-                                         contexts=[item.context for item in live]))
+                self._report(BatchReport(self.name, total, started, finished, error=error, contexts=contexts))
                 return
-            finished = monotonic_ns()
+            parts, input_ns, infer_ns, output_ns = done
             if self._controller is not None:
                 self._controller.observe(total, finished - started)
             for item, outputs in zip(live, parts, strict=True):
@@ -371,8 +402,9 @@ class DynamicBatcher:
                     item.future.set_result(
                         BatchResult(outputs, item.enqueued_ns, started, input_ns, infer_ns, output_ns, total)
                     )
-            self._report(BatchReport(self.name, total, started, finished, input_ns, infer_ns, output_ns,
-                                     [item.context for item in live]))
+            self._report(
+                BatchReport(self.name, total, started, finished, input_ns, infer_ns, output_ns, contexts)
+            )
         finally:
             self._idle.put_nowait(instance)
 
@@ -384,9 +416,8 @@ class DynamicBatcher:
         except Exception:  # an observer must never strand the batch's waiters
             log.exception("model %s: batch observer failed", self.name)
 
-    def _compute(
-        self, instance: int, inputs: list[Mapping[str, np.ndarray]], rows: list[int]
-    ) -> tuple[list[dict[str, np.ndarray]], int, int, int]:
+    def _compute(self, instance: int, inputs: list[Mapping[str, np.ndarray]], live: list[Pending]) -> _Done:
+        rows = [item.rows for item in live]
         t0 = perf_counter_ns()
         feeds = concat_inputs(inputs)
         t1 = perf_counter_ns()
@@ -396,7 +427,7 @@ class DynamicBatcher:
         t3 = perf_counter_ns()
         return parts, t1 - t0, t2 - t1, t3 - t2
 
-    def _batch_error(self, exc: Exception) -> OrtserveError:
+    def _batch_error(self, exc: BaseException) -> OrtserveError:
         if isinstance(exc, OrtserveError):
             return exc
         log.error("model %s: batch execution failed", self.name, exc_info=exc)
