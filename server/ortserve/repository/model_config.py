@@ -121,7 +121,6 @@ HONOURED: Final[_Honoured] = {
     "dynamic_batching": {
         "preferred_batch_size": None,
         "max_queue_delay_microseconds": None,
-        "preserve_ordering": None,
         "priority_levels": None,
         "default_priority_level": None,
         "default_queue_policy": _QUEUE_POLICY,
