@@ -4,6 +4,11 @@ Raw contents become numpy views of the request bytes (`np.frombuffer`, no copy);
 `contents` are accepted too. Every size is checked against shape x datatype before any
 array is made, so a hostile shape cannot make the server allocate. BYTES elements travel
 as a 4-byte little-endian length followed by the bytes, as in Triton.
+
+Hostile input: a shape is checked first (no negative dims, at most `DecodeLimits.max_dims`, no
+product that overflows), then its element count against the bytes or values actually sent
+(INVALID_ARGUMENT when they disagree), then against `DecodeLimits.max_tensor_elements`
+(RESOURCE_EXHAUSTED) -- all before anything proportional to the claimed size is allocated.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, cast
 
 import numpy as np
@@ -18,7 +24,7 @@ import numpy as np
 from ortserve import dtypes
 from ortserve.dataplane import InferRequest, InferResponse, ParamValue
 from ortserve.dtypes import DType
-from ortserve.errors import InvalidInputError
+from ortserve.errors import InvalidInputError, ResourceExhaustedError
 from ortserve_client.proto import grpc_service_pb2 as pb
 
 _LEN = struct.Struct("<I")
@@ -40,8 +46,26 @@ _CONTENTS_FIELD = {
 }
 
 
-def decode_request(request: pb.ModelInferRequest, deadline_ns: int | None = None) -> InferRequest:
-    """Decode a ModelInferRequest; wire-level faults raise InvalidInputError."""
+@dataclass(frozen=True, slots=True)
+class DecodeLimits:
+    """What a request's tensors may claim before the codec makes anything of them."""
+
+    max_tensor_elements: int = 2**26
+    """Elements per input tensor (the server's max_tensor_elements setting); beyond it RESOURCE_EXHAUSTED."""
+    max_dims: int = 32
+    """Dimensions per shape (numpy's own bound is 32 or 64, depending on its version)."""
+
+
+DEFAULT_LIMITS = DecodeLimits()
+
+# Above this, numpy cannot even describe a zero-sized array of the shape (its byte size overflows).
+_MAX_SHAPE_BYTES = 2**62
+
+
+def decode_request(
+    request: pb.ModelInferRequest, deadline_ns: int | None = None, limits: DecodeLimits = DEFAULT_LIMITS
+) -> InferRequest:
+    """Decode a ModelInferRequest; wire-level faults raise InvalidInputError, size limits ResourceExhaustedError."""
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise InvalidInputError(
@@ -62,14 +86,15 @@ def decode_request(request: pb.ModelInferRequest, deadline_ns: int | None = None
             raise InvalidInputError(
                 f"input {name!r}: shape {list(shape)} has a negative dimension; send the actual shape"
             )
+        _check_shape(name, dtype, shape, limits)
         if raw:
             if tensor.HasField("contents"):
                 raise InvalidInputError(
                     f"input {name!r} has both contents and raw_input_contents; send one of them"
                 )
-            inputs[name] = _from_raw(name, dtype, shape, raw[index])
+            inputs[name] = _from_raw(name, dtype, shape, raw[index], limits)
         else:
-            inputs[name] = _from_contents(name, dtype, shape, tensor)
+            inputs[name] = _from_contents(name, dtype, shape, tensor, limits)
     return InferRequest(
         model_name=request.model_name,
         model_version=request.model_version,
@@ -91,26 +116,49 @@ def decode_parameters(parameters: Mapping[str, Any]) -> dict[str, ParamValue]:
     return values
 
 
-def _from_raw(name: str, dtype: DType, shape: tuple[int, ...], buf: bytes) -> np.ndarray:
+def _check_shape(name: str, dtype: DType, shape: tuple[int, ...], limits: DecodeLimits) -> None:
+    if len(shape) > limits.max_dims:
+        raise InvalidInputError(
+            f"input {name!r}: shape has {len(shape)} dimensions; at most {limits.max_dims} are supported"
+        )
+    # A dim of 0 makes the count 0 whatever the others claim, so the byte checks below pass:
+    # the other dims must still describe an array numpy can represent.
+    if 0 in shape and math.prod(d for d in shape if d) * max(dtype.itemsize, 8) > _MAX_SHAPE_BYTES:
+        raise InvalidInputError(
+            f"input {name!r}: shape {list(shape)} overflows (its nonzero dims multiply past 2**62 bytes)"
+        )
+
+
+def _check_elements(name: str, count: int, limits: DecodeLimits) -> None:
+    if count > limits.max_tensor_elements:
+        raise ResourceExhaustedError(
+            f"input {name!r}: {count} elements exceed this server's limit of {limits.max_tensor_elements} "
+            "per tensor (max_tensor_elements); split the request"
+        )
+
+
+def _from_raw(name: str, dtype: DType, shape: tuple[int, ...], buf: bytes, limits: DecodeLimits) -> np.ndarray:
     count = math.prod(shape)
     if dtype.name == "BYTES":
-        return _decode_bytes(name, shape, count, buf)
+        return _decode_bytes(name, shape, count, buf, limits)
     expected = count * dtype.itemsize
     if len(buf) != expected:
         raise InvalidInputError(
             f"input {name!r}: {dtype.name} {list(shape)} needs {expected} bytes of raw content, "
             f"got {len(buf)}"
         )
+    _check_elements(name, count, limits)
     return np.frombuffer(buf, dtype=dtype.numpy).reshape(shape)
 
 
-def _decode_bytes(name: str, shape: tuple[int, ...], count: int, buf: bytes) -> np.ndarray:
+def _decode_bytes(name: str, shape: tuple[int, ...], count: int, buf: bytes, limits: DecodeLimits) -> np.ndarray:
     # Each element costs at least its 4-byte length: reject impossible counts before allocating.
     if count * _LEN.size > len(buf):
         raise InvalidInputError(
             f"input {name!r}: BYTES {list(shape)} needs at least {count * _LEN.size} bytes "
             f"(a 4-byte length per element), got {len(buf)}"
         )
+    _check_elements(name, count, limits)
     out = np.empty(count, dtype=object)
     view = memoryview(buf)
     offset, end = 0, len(buf)
@@ -135,7 +183,11 @@ def _decode_bytes(name: str, shape: tuple[int, ...], count: int, buf: bytes) -> 
 
 
 def _from_contents(
-    name: str, dtype: DType, shape: tuple[int, ...], tensor: pb.ModelInferRequest.InferInputTensor
+    name: str,
+    dtype: DType,
+    shape: tuple[int, ...],
+    tensor: pb.ModelInferRequest.InferInputTensor,
+    limits: DecodeLimits,
 ) -> np.ndarray:
     field = _CONTENTS_FIELD.get(dtype.name)
     if field is None:
@@ -149,6 +201,7 @@ def _from_contents(
             f"input {name!r}: {dtype.name} {list(shape)} needs {count} values in contents.{field}, "
             f"got {len(values)}"
         )
+    _check_elements(name, count, limits)
     if dtype.name == "BYTES":
         array = np.empty(count, dtype=object)
         array[:] = list(values)

@@ -17,7 +17,7 @@ from grpc import aio
 
 from ortserve.dataplane import DataPlane
 from ortserve.observability import ModelStats
-from ortserve.protocol.codec import decode_parameters, decode_request, encode_response
+from ortserve.protocol.codec import DEFAULT_LIMITS, DecodeLimits, decode_parameters, decode_request, encode_response
 from ortserve.protocol.status import mapped_errors, status_of
 from ortserve.repository import ModelVersion
 from ortserve_client.proto import grpc_service_pb2 as pb
@@ -73,8 +73,9 @@ def _tensor_metadata(model: ModelVersion) -> tuple[list[Any], list[Any]]:
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """KServe V2 / Triton GRPCInferenceService over a DataPlane."""
 
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlane, limits: DecodeLimits = DEFAULT_LIMITS) -> None:
         self._dp = dataplane
+        self._limits = limits
 
     @mapped_errors
     async def ServerLive(self, request: pb.ServerLiveRequest, context: aio.ServicerContext) -> pb.ServerLiveResponse:
@@ -146,7 +147,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @mapped_errors
     async def ModelInfer(self, request: pb.ModelInferRequest, context: aio.ServicerContext) -> pb.ModelInferResponse:
-        response = await self._dp.infer(decode_request(request, _deadline_ns(context)))
+        response = await self._dp.infer(decode_request(request, _deadline_ns(context), self._limits))
         return encode_response(response)
 
     async def ModelStreamInfer(
@@ -158,7 +159,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
         async def one(request: pb.ModelInferRequest) -> None:
             try:
-                response = await self._dp.infer(decode_request(request, deadline))
+                response = await self._dp.infer(decode_request(request, deadline, self._limits))
                 results.put_nowait(pb.ModelStreamInferResponse(infer_response=encode_response(response)))
             except Exception as exc:  # noqa: BLE001 - a failed request is reported in-stream
                 code, message = status_of(exc)
