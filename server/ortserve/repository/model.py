@@ -18,13 +18,16 @@ import numpy as np
 from ortserve.batching import BatchObserver, BatchReport, BatchResult, DynamicBatcher
 from ortserve.errors import ModelLoadError
 from ortserve.observability import ModelStats
-from ortserve.repository.batch_policy import batch_policy
+from ortserve.repository.batch_policy import LATENCY_TARGET_PARAMETER, batch_policy
 from ortserve.repository.model_config import GraphTensor, complete_config, unhonoured_fields
 from ortserve.repository.signature import Signature, zero_feeds
 from ortserve.runtime import InstanceSpec, OnnxModel, RuntimeOptions
 from ortserve_client.proto import model_config_pb2 as mc
 
 log = logging.getLogger("ortserve.repository")
+
+MODEL_PARAMETERS = {LATENCY_TARGET_PARAMETER}
+"""Keys of a config's `parameters` that ortserve acts on; others are logged as ignored."""
 
 _KINDS = {
     mc.ModelInstanceGroup.KIND_AUTO: "auto",
@@ -86,6 +89,11 @@ class ModelVersion:
         """Create the sessions, complete the config from the graph and warm up (blocking)."""
         for field in unhonoured_fields(base_config):
             log.warning("model %r: config field %r is not honoured by ortserve; ignored", name, field)
+        for key in sorted(set(base_config.parameters) - MODEL_PARAMETERS):
+            log.warning(
+                "model %r: config parameter %r is not known to ortserve; ignored (known: %s)",
+                name, key, ", ".join(sorted(MODEL_PARAMETERS)),
+            )
         onnx = OnnxModel.load(path, instance_specs(base_config), options, name=f"{name}_{version}")
         try:
             config = complete_config(
