@@ -25,6 +25,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+import grpc
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
@@ -33,8 +34,11 @@ from ortserve.config import ServerSettings
 from ortserve.dataplane import DataPlane
 from ortserve.observability import StatsCollector
 from ortserve.protocol import HealthMetricsServer, InferenceServicer
+from ortserve.protocol.codec import DecodeLimits
+from ortserve.protocol.interceptors import SecurityInterceptor
 from ortserve.repository import ModelRegistry
 from ortserve.runtime import RuntimeOptions
+from ortserve.security import AuditLog, SecurityConfigError, TlsFiles, build_policy, tls_files
 from ortserve_client.proto import grpc_service_pb2_grpc as pb_grpc
 
 log = logging.getLogger("ortserve")
@@ -63,7 +67,7 @@ class OrtServer:
             default_max_batch_size=settings.default_max_batch_size,
             default_latency_target_ms=settings.latency_target_ms,
         )
-        self.dataplane = DataPlane(self.registry)
+        self.dataplane = DataPlane(self.registry, max_inflight_requests=settings.max_inflight_requests)
         self.metrics_registry.register(StatsCollector(self.registry.stats))
         self.grpc_port = -1
         self.http_port = -1
@@ -74,7 +78,13 @@ class OrtServer:
     async def start(self) -> None:
         """Bind both ports, load the repository, then report ready."""
         s = self.settings
+        # Security (see ortserve.security): TLS files, then an interceptor only if something asks for one.
+        tls = tls_files(s.tls_cert, s.tls_key, s.tls_client_ca)
+        credentials = _server_credentials(tls) if tls is not None else None
+        policy = build_policy(s)
+        audit = AuditLog(s.audit_log_file) if policy is not None or s.audit_log_file is not None else None
         self._grpc = aio.server(
+            interceptors=[SecurityInterceptor(policy, audit)] if audit is not None else [],
             options=[
                 ("grpc.max_receive_message_length", s.max_message_bytes),
                 ("grpc.max_send_message_length", s.max_message_bytes),
@@ -84,13 +94,17 @@ class OrtServer:
         )
         # The generated registration function is untyped (grpcio-tools emits no annotations for it).
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            InferenceServicer(self.dataplane), self._grpc
+            InferenceServicer(self.dataplane, DecodeLimits(max_tensor_elements=s.max_tensor_elements)), self._grpc
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         await self._set_health(serving=False)
         address = f"{s.host}:{s.grpc_port}"
         try:
-            self.grpc_port = self._grpc.add_insecure_port(address)
+            if credentials is None:
+                self.grpc_port = self._grpc.add_insecure_port(address)
+            else:
+                self.grpc_port = self._grpc.add_secure_port(address, credentials)
+                log.info("gRPC port %d: %s", self.grpc_port, "mTLS" if tls and tls.mutual else "TLS")
         except RuntimeError as exc:
             raise OSError(f"cannot bind the gRPC port {address}: {exc}") from exc
         if s.http_port >= 0:
@@ -142,6 +156,27 @@ class OrtServer:
             await self._health.set(service, status)
 
 
+def _server_credentials(tls: TlsFiles) -> grpc.ServerCredentials:
+    """TLS (mTLS with a client CA) whose files are re-read when they change.
+
+    gRPC asks the fetcher at each new handshake; it answers None (keep the current
+    configuration) unless the files changed into a valid set.
+    """
+
+    def configuration(material: Any) -> Any:
+        return grpc.ssl_server_certificate_configuration(
+            [(material.private_key, material.certificate_chain)], root_certificates=material.client_ca
+        )
+
+    def fetch() -> Any:
+        material = tls.changed()
+        return None if material is None else configuration(material)
+
+    return grpc.dynamic_ssl_server_credentials(
+        configuration(tls.load()), fetch, require_client_authentication=tls.mutual
+    )
+
+
 def configure_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(),
@@ -188,7 +223,7 @@ def serve(settings: ServerSettings) -> int:
         server = OrtServer(settings)
         try:
             await server.start()
-        except OSError as exc:
+        except (OSError, SecurityConfigError) as exc:
             log.error("%s", exc)
             return 1
         await stop.wait()
