@@ -39,6 +39,8 @@ class Signature:
     max_batch_size: int
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    reject_nonfinite: bool = False
+    """Refuse NaN and Inf in floating-point inputs (config parameter reject_nonfinite = "true")."""
 
     @classmethod
     def from_config(cls, config: mc.ModelConfig) -> Signature:
@@ -59,6 +61,8 @@ class Signature:
             config.max_batch_size,
             tuple(spec(t.name, t.data_type, t.dims) for t in config.input),
             tuple(spec(t.name, t.data_type, t.dims) for t in config.output),
+            reject_nonfinite="reject_nonfinite" in config.parameters
+            and config.parameters["reject_nonfinite"].string_value.strip().lower() == "true",
         )
 
     def shape_of(self, spec: TensorSpec) -> tuple[int, ...]:
@@ -109,6 +113,8 @@ class Signature:
                 rows = batch
             if spec.dtype.name == "BYTES":
                 _check_text(self.model, spec.name, array)
+            elif self.reject_nonfinite and spec.dtype.numpy.kind == "f":
+                _check_finite(self.model, spec.name, array)
             ordered[spec.name] = array
         return ordered, max(rows, 1)
 
@@ -151,6 +157,17 @@ def _check_text(model: str, name: str, array: np.ndarray) -> None:
                     f"model {model!r} input {name!r}: BYTES element {index} is not valid UTF-8 "
                     f"({err.reason} at byte {err.start}); the model's ONNX string tensors hold text"
                 ) from None
+
+
+def _check_finite(model: str, name: str, array: np.ndarray) -> None:
+    """For models configured with reject_nonfinite: one NaN or Inf fails its own request, not the batch."""
+    finite = np.isfinite(array)
+    if not finite.all():
+        index = int(np.flatnonzero(~finite.reshape(-1))[0])
+        raise InvalidInputError(
+            f"model {model!r} input {name!r}: element {index} is {array.reshape(-1)[index]}; the model refuses "
+            "NaN and Inf (config parameter reject_nonfinite)"
+        )
 
 
 def zero_feeds(signature: Signature, rows: int) -> dict[str, np.ndarray]:
