@@ -1,0 +1,84 @@
+"""The sans-IO request builder: numpy inputs -> ModelInferRequest, shared by both clients."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ortserve_client.codec import ParameterValue, encode_tensor, set_parameters
+from ortserve_client.proto import grpc_service_pb2 as pb
+
+
+@dataclass(frozen=True, slots=True)
+class InferRequest:
+    """One inference request, for `infer_stream` (the arguments of `infer`, as a value)."""
+
+    model: str
+    """Model name."""
+    inputs: Mapping[str, Any]
+    """Input name -> numpy array (or anything `np.asarray` accepts)."""
+    outputs: Iterable[str] | None = None
+    """Outputs to return (None: every output of the model)."""
+    version: str | int | None = None
+    """Model version (None: the version the server's policy serves)."""
+    request_id: str | None = None
+    """Echoed in the result; `infer_stream` numbers requests that have none."""
+    priority: int | None = None
+    """Triton's request priority (1 is the highest; None: the model's default)."""
+    parameters: Mapping[str, ParameterValue] | None = None
+    """Extra request parameters, e.g. {"timeout": microseconds} for the server's queue timeout."""
+
+
+def build_infer_request(
+    model: str,
+    inputs: Mapping[str, Any],
+    *,
+    outputs: Iterable[str] | None = None,
+    version: str | int | None = None,
+    request_id: str | None = None,
+    priority: int | None = None,
+    parameters: Mapping[str, ParameterValue] | None = None,
+) -> pb.ModelInferRequest:
+    """A ModelInferRequest carrying every input in `raw_input_contents`."""
+    request = pb.ModelInferRequest(model_name=model)
+    if version is not None:
+        request.model_version = str(version)
+    if request_id:
+        request.id = request_id
+    add = request.inputs.add
+    raw = request.raw_input_contents
+    for name, value in inputs.items():
+        datatype, shape, data = encode_tensor(name, value)
+        add(name=name, datatype=datatype, shape=shape)
+        raw.append(data)
+    if outputs is not None:
+        if isinstance(outputs, str):
+            raise TypeError("outputs must be a list of output names, not one string")
+        for name in outputs:
+            request.outputs.add(name=name)
+    if priority is not None:
+        if isinstance(priority, bool) or not isinstance(priority, int) or priority < 0:
+            raise ValueError(f"priority must be a non-negative int, got {priority!r}")
+        request.parameters["priority"].uint64_param = priority
+    if parameters:
+        set_parameters(request.parameters, parameters)
+    return request
+
+
+def build_from(request: InferRequest, default_id: str = "") -> pb.ModelInferRequest:
+    """The ModelInferRequest of an `InferRequest`; `default_id` stands in for a missing id."""
+    return build_infer_request(
+        request.model,
+        request.inputs,
+        outputs=request.outputs,
+        version=request.version,
+        request_id=request.request_id or default_id,
+        priority=request.priority,
+        parameters=request.parameters,
+    )
+
+
+def version_str(version: str | int | None) -> str:
+    """The wire form of an optional model version ("" asks for the server's default)."""
+    return "" if version is None else str(version)
