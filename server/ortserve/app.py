@@ -33,13 +33,12 @@ from prometheus_client import CollectorRegistry
 from ortserve.config import ServerSettings
 from ortserve.dataplane import DataPlane
 from ortserve.observability import StatsCollector
-from ortserve.protocol import HealthMetricsServer, InferenceServicer
+from ortserve.protocol import HealthMetricsServer, InferenceServicer, add_inference_service
 from ortserve.protocol.codec import DecodeLimits
 from ortserve.protocol.interceptors import SecurityInterceptor
 from ortserve.repository import ModelRegistry
 from ortserve.runtime import RuntimeOptions
 from ortserve.security import AuditLog, SecurityConfigError, TlsFiles, build_policy, tls_files
-from ortserve_client.proto import grpc_service_pb2_grpc as pb_grpc
 
 log = logging.getLogger("ortserve")
 
@@ -92,8 +91,7 @@ class OrtServer:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        # The generated registration function is untyped (grpcio-tools emits no annotations for it).
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(  # type: ignore[no-untyped-call]
+        add_inference_service(
             InferenceServicer(self.dataplane, DecodeLimits(max_tensor_elements=s.max_tensor_elements)), self._grpc
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)

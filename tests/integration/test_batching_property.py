@@ -16,7 +16,7 @@ import pytest
 from ortserve_client.proto import grpc_service_pb2 as pb
 from tests import models
 from tests.harness import RunningServer, serve_in_thread
-from tests.wire import infer_request, model_stats, outputs_of, sleeper, write_config
+from tests.wire import infer_request, model_stats, outputs_of, sleeper, wait_for, write_config
 
 CONFIG = """
 max_batch_size: 16
@@ -97,6 +97,7 @@ def _attempt(srv: RunningServer, rng: np.random.Generator, blocker_iterations: i
                 future.result(timeout=120)
             assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
     np.testing.assert_array_equal(outputs_of(blocker.result(timeout=120))["y"], [[blocker_iterations]])
+    wait_for(lambda: bool(ended))  # the done-callback runs on gRPC's thread, maybe just after result()
     if ended[0] <= checks_done:
         return False  # inconclusive: the blocker ended before the dead requests were dead
     time.sleep(0.2)  # the server records failures as their handlers unwind

@@ -8,6 +8,6 @@ Calls into the DataPlane only; holds no policy.
 """
 
 from ortserve.protocol.http import HealthMetricsServer
-from ortserve.protocol.servicer import InferenceServicer
+from ortserve.protocol.servicer import InferenceServicer, add_inference_service
 
-__all__ = ["HealthMetricsServer", "InferenceServicer"]
+__all__ = ["HealthMetricsServer", "InferenceServicer", "add_inference_service"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -63,10 +63,17 @@ _MAX_SHAPE_BYTES = 2**62
 
 
 def decode_request(
-    request: pb.ModelInferRequest, deadline_ns: int | None = None, limits: DecodeLimits = DEFAULT_LIMITS
+    request: pb.ModelInferRequest,
+    deadline_ns: int | None = None,
+    limits: DecodeLimits = DEFAULT_LIMITS,
+    raw_contents: Sequence[bytes | memoryview] | None = None,
 ) -> InferRequest:
-    """Decode a ModelInferRequest; wire-level faults raise InvalidInputError, size limits ResourceExhaustedError."""
-    raw = request.raw_input_contents
+    """Decode a ModelInferRequest; wire-level faults raise InvalidInputError, size limits ResourceExhaustedError.
+
+    `raw_contents` replaces the message's raw_input_contents when the caller split them off
+    the wire itself (protocol.wire), so that the arrays are views of the received bytes.
+    """
+    raw = request.raw_input_contents if raw_contents is None else raw_contents
     if raw and len(raw) != len(request.inputs):
         raise InvalidInputError(
             f"the request has {len(request.inputs)} inputs but {len(raw)} raw_input_contents "
@@ -137,7 +144,9 @@ def _check_elements(name: str, count: int, limits: DecodeLimits) -> None:
         )
 
 
-def _from_raw(name: str, dtype: DType, shape: tuple[int, ...], buf: bytes, limits: DecodeLimits) -> np.ndarray:
+def _from_raw(
+    name: str, dtype: DType, shape: tuple[int, ...], buf: bytes | memoryview, limits: DecodeLimits
+) -> np.ndarray:
     count = math.prod(shape)
     if dtype.name == "BYTES":
         return _decode_bytes(name, shape, count, buf, limits)
@@ -151,7 +160,9 @@ def _from_raw(name: str, dtype: DType, shape: tuple[int, ...], buf: bytes, limit
     return np.frombuffer(buf, dtype=dtype.numpy).reshape(shape)
 
 
-def _decode_bytes(name: str, shape: tuple[int, ...], count: int, buf: bytes, limits: DecodeLimits) -> np.ndarray:
+def _decode_bytes(
+    name: str, shape: tuple[int, ...], count: int, buf: bytes | memoryview, limits: DecodeLimits
+) -> np.ndarray:
     # Each element costs at least its 4-byte length: reject impossible counts before allocating.
     if count * _LEN.size > len(buf):
         raise InvalidInputError(

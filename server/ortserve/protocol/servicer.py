@@ -16,9 +16,11 @@ import grpc
 from grpc import aio
 
 from ortserve.dataplane import DataPlane
+from ortserve.errors import InvalidInputError
 from ortserve.observability import ModelStats
 from ortserve.protocol.codec import DEFAULT_LIMITS, DecodeLimits, decode_parameters, decode_request, encode_response
 from ortserve.protocol.status import mapped_errors, status_of
+from ortserve.protocol.wire import WireInferRequest, parse_infer_request, serialize_infer_response
 from ortserve.repository import ModelVersion
 from ortserve_client.proto import grpc_service_pb2 as pb
 from ortserve_client.proto import grpc_service_pb2_grpc as pb_grpc
@@ -146,9 +148,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.RepositoryModelUnloadResponse()
 
     @mapped_errors
-    async def ModelInfer(self, request: pb.ModelInferRequest, context: aio.ServicerContext) -> pb.ModelInferResponse:
-        response = await self._dp.infer(decode_request(request, _deadline_ns(context), self._limits))
-        return encode_response(response)
+    async def ModelInfer(self, request: WireInferRequest, context: aio.ServicerContext) -> bytes:
+        """Registered with protocol.wire's (de)serializers: tensors stay views of the wire bytes."""
+        if request.error is not None:
+            raise InvalidInputError(request.error)
+        decoded = decode_request(request.message, _deadline_ns(context), self._limits, request.raw)
+        return serialize_infer_response(await self._dp.infer(decoded))
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: aio.ServicerContext
@@ -195,3 +200,33 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             await reader  # surfaces a broken request stream
         finally:
             reader.cancel()
+
+
+SERVICE_NAME = "inference.GRPCInferenceService"
+
+
+def add_inference_service(servicer: InferenceServicer, server: aio.Server) -> None:
+    """Register the servicer's methods: ModelInfer with protocol.wire's codec, the rest with protobuf's."""
+    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
+        behaviour = getattr(servicer, method.name)
+        request_type = getattr(pb, method.input_type.name)
+        response_type = getattr(pb, method.output_type.name)
+        if method.name == "ModelInfer":
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                behaviour, request_deserializer=parse_infer_request, response_serializer=None
+            )
+        elif method.client_streaming and method.server_streaming:
+            handlers[method.name] = grpc.stream_stream_rpc_method_handler(
+                behaviour,
+                request_deserializer=request_type.FromString,
+                response_serializer=response_type.SerializeToString,
+            )
+        else:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                behaviour,
+                request_deserializer=request_type.FromString,
+                response_serializer=response_type.SerializeToString,
+            )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)

@@ -1,0 +1,125 @@
+"""ModelInfer on the wire without protobuf's extra copies of tensor bytes.
+
+protobuf's Python API copies a `bytes` field twice on the way in (parse into the arena, then
+a new `bytes` object on access) and three times on the way out (`tobytes`, append, serialize).
+For the tensor payloads of ModelInfer (`raw_input_contents` = field 7 of ModelInferRequest,
+`raw_output_contents` = field 6 of ModelInferResponse) this module does the protobuf wire
+format by hand instead, so that:
+
+- a request's raw tensors are memoryviews into the received message (np.frombuffer over them
+  is the only view), and only the small rest of the message is parsed by protobuf;
+- a response is the serialized small message followed by one length-delimited field per
+  output, joined once straight from the output arrays' memory.
+
+Both are plain protobuf encodings: any V2 client reads and writes them unchanged (a parser
+accepts fields in any order; repeated fields accumulate in order).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ortserve import dtypes
+from ortserve.dataplane import InferResponse
+from ortserve.protocol.codec import _to_raw
+from ortserve_client.proto import grpc_service_pb2 as pb
+
+_RAW_INPUT_FIELD = 7
+_RAW_OUTPUT_TAG = bytes([(6 << 3) | 2])  # field 6, length-delimited
+_LENGTH_DELIMITED = 2
+
+
+@dataclass(slots=True)
+class WireInferRequest:
+    """A received ModelInferRequest: the parsed rest of the message and its raw tensors."""
+
+    message: pb.ModelInferRequest
+    raw: list[memoryview] = field(default_factory=list)
+    error: str | None = None
+    """Why the bytes are not a valid ModelInferRequest (answered INVALID_ARGUMENT by the servicer)."""
+
+    @property
+    def id(self) -> str:
+        return str(self.message.id)
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("a varint longer than 10 bytes")
+
+
+def _varint_bytes(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def parse_infer_request(data: bytes) -> WireInferRequest:
+    """The request deserializer of ModelInfer; it never raises (gRPC would answer INTERNAL)."""
+    try:
+        view = memoryview(data)
+        raw: list[memoryview] = []
+        rest: list[memoryview] = []
+        pos, rest_start, end = 0, 0, len(data)
+        while pos < end:
+            field_start = pos
+            key, pos = _varint(data, pos)
+            number, wire_type = key >> 3, key & 7
+            if wire_type == _LENGTH_DELIMITED:
+                length, pos = _varint(data, pos)
+                stop = pos + length
+                if stop > end:
+                    raise ValueError(f"field {number} claims {length} bytes but only {end - pos} remain")
+                if number == _RAW_INPUT_FIELD:
+                    rest.append(view[rest_start:field_start])
+                    raw.append(view[pos:stop])
+                    rest_start = stop
+                pos = stop
+            elif wire_type == 0:
+                _, pos = _varint(data, pos)
+            elif wire_type == 1:
+                pos += 8
+            elif wire_type == 5:
+                pos += 4
+            else:
+                raise ValueError(f"field {number} has the unsupported wire type {wire_type}")
+        if pos != end:
+            raise ValueError("the last field runs past the end of the message")
+        if not raw:
+            return WireInferRequest(pb.ModelInferRequest.FromString(data))
+        rest.append(view[rest_start:end])
+        return WireInferRequest(pb.ModelInferRequest.FromString(b"".join(rest)), raw)
+    except Exception as exc:  # noqa: BLE001 - any malformation is the client's, reported in the handler
+        return WireInferRequest(pb.ModelInferRequest(), error=f"malformed ModelInferRequest: {exc}")
+
+
+def serialize_infer_response(response: InferResponse) -> bytes:
+    """The response serializer of ModelInfer: one copy of each output, straight from its array."""
+    message = pb.ModelInferResponse(
+        model_name=response.model_name, model_version=response.model_version, id=response.id
+    )
+    parts: list[bytes | memoryview] = [b""]
+    for name, array in response.outputs:
+        dtype = dtypes.from_numpy(array.dtype)
+        message.outputs.add(name=name, datatype=dtype.name, shape=array.shape)
+        data: bytes | memoryview
+        if dtype.name == "BYTES":
+            data = _to_raw(array, dtype)
+        else:
+            data = np.ascontiguousarray(array).data.cast("B")
+        parts += (_RAW_OUTPUT_TAG, _varint_bytes(len(data)), data)
+    parts[0] = message.SerializeToString()
+    return b"".join(parts)
