@@ -103,13 +103,30 @@ class SecurityInterceptor(aio.ServerInterceptor):  # type: ignore[misc]  # grpc 
         return handler._replace(unary_unary=self._unary(handler.unary_unary, scope, name, action))
 
     async def _admit(
-        self, context: aio.ServicerContext, scope: Scope, name: str, *, rate_limited: bool = True
+        self,
+        context: aio.ServicerContext,
+        scope: Scope,
+        name: str,
+        *,
+        rate_limited: bool = True,
+        identified: list[Principal] | None = None,
     ) -> Principal:
+        """The call's principal, or abort the call; `identified` receives it even if it is then refused."""
         peer = context.peer() or ""
-        if self._policy is None:
-            return Principal(f"peer:{peer_host(peer)}", frozenset())
+        policy = self._policy
+        if policy is None:  # only auditing
+            anonymous = Principal(f"peer:{peer_host(peer)}", frozenset())
+            if identified is not None:
+                identified.append(anonymous)
+            return anonymous
         try:
-            return self._policy.admit(scope, _authorization(context), peer, name, rate_limited=rate_limited)
+            principal = policy.identify(_authorization(context), peer)
+            if identified is not None:
+                identified.append(principal)
+            policy.authorize(principal, scope, name)
+            if rate_limited and policy.limiter is not None:
+                policy.limiter.acquire(principal.identity, scope)
+            return principal
         except OrtserveError as exc:
             code, message = status_of(exc)
             trailing = ((RETRY_AFTER_MS, str(exc.retry_after_ms)),) if isinstance(exc, RateLimitedError) else ()
@@ -127,15 +144,16 @@ class SecurityInterceptor(aio.ServerInterceptor):  # type: ignore[misc]  # grpc 
 
         async def audited(request: Any, context: aio.ServicerContext) -> Any:
             started = monotonic()
-            who = "unauthenticated"
+            identified: list[Principal] = []
             failure: BaseException | None = None
             try:
-                who = (await self._admit(context, scope, name)).identity
+                await self._admit(context, scope, name, identified=identified)
                 return await inner(request, context)
             except BaseException as exc:
                 failure = exc
                 raise
             finally:
+                who = identified[0].identity if identified else "unauthenticated"
                 self._record(action, who, request, context, started, failure)
 
         return audited
