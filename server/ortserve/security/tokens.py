@@ -103,7 +103,7 @@ class JwtVerifier:
         self._issuer = issuer or None
         self._audience = audience or None
         self._leeway = leeway_s
-        self._options: Options = {"require": ["exp", "sub"], "verify_aud": bool(audience)}
+        self._options: Options = {"require": ["exp", "sub"]}
 
     def verify(self, token: str) -> Principal:
         """The token's principal; AuthenticationError saying why not (never quoting the token)."""
