@@ -20,13 +20,13 @@ from ortserve.errors import ModelLoadError
 from ortserve.observability import ModelStats
 from ortserve.repository.batch_policy import LATENCY_TARGET_PARAMETER, batch_policy
 from ortserve.repository.model_config import GraphTensor, complete_config, unhonoured_fields
-from ortserve.repository.signature import Signature, zero_feeds
+from ortserve.repository.signature import REJECT_NONFINITE_PARAMETER, Signature, zero_feeds
 from ortserve.runtime import InstanceSpec, OnnxModel, RuntimeOptions
 from ortserve_client.proto import model_config_pb2 as mc
 
 log = logging.getLogger("ortserve.repository")
 
-MODEL_PARAMETERS = {LATENCY_TARGET_PARAMETER}
+MODEL_PARAMETERS = {LATENCY_TARGET_PARAMETER, REJECT_NONFINITE_PARAMETER}
 """Keys of a config's `parameters` that ortserve acts on; others are logged as ignored."""
 
 _KINDS = {

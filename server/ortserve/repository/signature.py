@@ -17,6 +17,10 @@ from ortserve.errors import InvalidInputError, ModelLoadError
 from ortserve_client.proto import model_config_pb2 as mc
 
 
+REJECT_NONFINITE_PARAMETER = "reject_nonfinite"
+"""Model config parameter: "true" refuses NaN and Inf in floating-point inputs."""
+
+
 @dataclass(frozen=True, slots=True)
 class TensorSpec:
     """One input or output as the model declares it."""
@@ -61,8 +65,8 @@ class Signature:
             config.max_batch_size,
             tuple(spec(t.name, t.data_type, t.dims) for t in config.input),
             tuple(spec(t.name, t.data_type, t.dims) for t in config.output),
-            reject_nonfinite="reject_nonfinite" in config.parameters
-            and config.parameters["reject_nonfinite"].string_value.strip().lower() == "true",
+            reject_nonfinite=REJECT_NONFINITE_PARAMETER in config.parameters
+            and config.parameters[REJECT_NONFINITE_PARAMETER].string_value.strip().lower() == "true",
         )
 
     def shape_of(self, spec: TensorSpec) -> tuple[int, ...]:
