@@ -1,25 +1,52 @@
-"""Prometheus exposition of the per-model statistics, with Triton's family names.
+"""Prometheus exposition of the per-model statistics: Triton's families and ortserve's own.
 
-`StatsCollector` reads the `ModelStats` counters at scrape time, so the request path pays
-nothing for metrics beyond the statistics it keeps anyway. It is registered on an injected
-`CollectorRegistry` (tests never share global state).
+Both collectors read the `ModelStats` counters and histograms (and the batchers' queue
+lengths) at scrape time, so the request path pays nothing for metrics beyond the statistics
+it keeps anyway. They are registered on an injected `CollectorRegistry` (tests never share
+global state).
 
-The families keep Triton's exact names so existing dashboards work. prometheus_client
-appends `_total` to anything typed counter, which Triton's names lack, so these
-cumulative families are exposed untyped under their exact names.
+`StatsCollector`: Triton's families under their exact names and units, so existing dashboards
+and autoscaling rules work. prometheus_client appends `_total` to anything typed counter, which
+Triton's names lack, so these cumulative families are exposed untyped. `app` registers it only
+while the `triton_metrics` setting is on.
+
+`OrtserveCollector`: the `ortserve_*` families, following Prometheus conventions (seconds,
+`_total` counters, histograms), including the autoscaling signal
+`ortserve_pending_requests_per_instance`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from typing import Protocol
 
-from prometheus_client.core import Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ortserve.observability.histograms import Histogram
 from ortserve.observability.statistics import ModelStats
 
 StatsSource = Callable[[], Iterable[tuple[str, str, ModelStats]]]
 """Yields (model, version, stats) for every loaded model version."""
+
+
+class BatcherLoad(Protocol):
+    """What a scrape reads of a model version's batcher (DynamicBatcher has these)."""
+
+    @property
+    def queued_requests(self) -> int: ...
+
+    @property
+    def running_requests(self) -> int: ...
+
+    @property
+    def instances(self) -> int: ...
+
+
+LoadSource = Callable[[], Iterable[tuple[str, str, BatcherLoad]]]
+"""Yields (model, version, batcher) for every loaded model version."""
+
+LABELS = ("model", "version")
 
 _FAMILIES: tuple[tuple[str, str, Callable[[ModelStats], int]], ...] = (
     ("nv_inference_request_success", "Number of successful inference requests", lambda s: s.success.count),
@@ -48,12 +75,40 @@ _FAMILIES: tuple[tuple[str, str, Callable[[ModelStats], int]], ...] = (
     ),
 )
 
+_HISTOGRAMS: tuple[tuple[str, str, Callable[[ModelStats], Histogram], float], ...] = (
+    (
+        "ortserve_request_duration_seconds",
+        "End-to-end duration of successful inference requests in the server, in seconds.",
+        lambda s: s.request_duration,
+        1e9,
+    ),
+    (
+        "ortserve_queue_duration_seconds",
+        "Time successful requests waited in the batcher's queue, in seconds.",
+        lambda s: s.queue_duration,
+        1e9,
+    ),
+    (
+        "ortserve_compute_duration_seconds",
+        "Duration of each model execution (concatenate, run, split), in seconds.",
+        lambda s: s.compute_duration,
+        1e9,
+    ),
+    ("ortserve_batch_size", "Batch rows of each model execution.", lambda s: s.batch_rows, 1.0),
+)
+"""(name, help, the ModelStats histogram, divisor from its unit to the exposed one)."""
+
 
 class StatsCollector(Collector):
-    """A prometheus_client collector over the live model statistics."""
+    """Triton's nv_inference_* families over the live model statistics.
 
-    def __init__(self, source: StatsSource) -> None:
+    With a `load` source it also exposes the gauge `nv_inference_pending_request_count`
+    (requests waiting in the queue, as Triton counts them).
+    """
+
+    def __init__(self, source: StatsSource, load: LoadSource | None = None) -> None:
         self._source = source
+        self._load = load
 
     def collect(self) -> Iterator[Metric]:
         rows = list(self._source())
@@ -73,3 +128,63 @@ class StatsCollector(Collector):
                     count,
                 )
         yield failures
+        if self._load is not None:
+            pending = GaugeMetricFamily(
+                "nv_inference_pending_request_count",
+                "Instantaneous number of pending requests awaiting execution per-model.",
+                labels=LABELS,
+            )
+            for model, version, batcher in self._load():
+                pending.add_metric((model, version), batcher.queued_requests)
+            yield pending
+
+
+class OrtserveCollector(Collector):
+    """The ortserve_* families (module docstring); the load source feeds the autoscaling gauge."""
+
+    def __init__(self, source: StatsSource, load: LoadSource | None = None) -> None:
+        self._source = source
+        self._load = load
+
+    def collect(self) -> Iterator[Metric]:
+        rows = list(self._source())
+        requests = CounterMetricFamily(
+            "ortserve_requests", "Inference requests answered, successful or not.", labels=LABELS
+        )
+        failures = CounterMetricFamily(
+            "ortserve_request_failures",
+            "Failed inference requests by reason (REJECTED: refused before running, e.g. invalid input, "
+            "queue full, deadline passed; CANCELED: by the client; BACKEND: the model run failed; OTHER).",
+            labels=(*LABELS, "reason"),
+        )
+        rows_total = CounterMetricFamily(
+            "ortserve_inference_rows", "Batch rows inferred by successful requests.", labels=LABELS
+        )
+        histograms = [
+            (HistogramMetricFamily(name, doc, labels=LABELS), read, divisor) for name, doc, read, divisor in _HISTOGRAMS
+        ]
+        for model, version, stats in rows:
+            labels = (model, version)
+            requests.add_metric(labels, stats.success.count + stats.fail.count)
+            rows_total.add_metric(labels, stats.inference_count)
+            for reason, count in sorted(stats.failures_by_reason.items()):
+                failures.add_metric((model, version, reason), count)
+            for family, read, divisor in histograms:
+                buckets, total = read(stats).snapshot(divisor)
+                family.add_metric(labels, buckets, total)
+        yield requests
+        yield failures
+        yield rows_total
+        for family, _, _ in histograms:
+            yield family
+        pending = GaugeMetricFamily(
+            "ortserve_pending_requests_per_instance",
+            "Requests queued or in running batches, divided by the model version's instances "
+            "(the autoscaling signal: it rises before latency does).",
+            labels=LABELS,
+        )
+        for model, version, batcher in self._load() if self._load is not None else ():
+            pending.add_metric(
+                (model, version), (batcher.queued_requests + batcher.running_requests) / max(batcher.instances, 1)
+            )
+        yield pending

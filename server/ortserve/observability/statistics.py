@@ -1,13 +1,17 @@
-"""Cumulative inference statistics of one model version, in Triton's terms.
+"""Cumulative inference statistics of one model version, in Triton's terms, and its histograms.
 
 Updated only on the event loop thread (the batcher reports on it), so no lock is needed;
-a scrape reading them from another thread sees each integer whole.
+a scrape reading them from another thread sees each integer whole. The same `record_*`
+call that adds to Triton's counters also fills the Prometheus histograms, so the request
+path makes one call per request and one per batch for all of its metrics.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+
+from ortserve.observability.histograms import Histogram, batch_size_histogram, latency_histogram
 
 
 @dataclass(slots=True)
@@ -38,6 +42,8 @@ class ModelStats:
     Per request (as Triton counts them): success/fail with end-to-end duration, queue
     wait, and the compute durations of the batch the request ran in. Per execution:
     execution_count and the per-batch-size breakdown. inference_count counts rows.
+    Histograms (ns, rows): end-to-end and queue time of each successful request; compute
+    time (input + infer + output) and rows of each execution.
     """
 
     success: Duration = field(default_factory=Duration)
@@ -51,6 +57,10 @@ class ModelStats:
     last_inference_ms: int = 0
     failures_by_reason: dict[str, int] = field(default_factory=dict)
     batch_sizes: dict[int, BatchSizeStats] = field(default_factory=dict)
+    request_duration: Histogram = field(default_factory=latency_histogram)
+    queue_duration: Histogram = field(default_factory=latency_histogram)
+    compute_duration: Histogram = field(default_factory=latency_histogram)
+    batch_rows: Histogram = field(default_factory=batch_size_histogram)
 
     def record_success(
         self,
@@ -69,6 +79,8 @@ class ModelStats:
         self.compute_output.add(compute_output_ns)
         self.inference_count += rows
         self.last_inference_ms = time.time_ns() // 1_000_000
+        self.request_duration.observe(duration_ns)
+        self.queue_duration.observe(queue_ns)
 
     def record_failure(self, duration_ns: int, reason: str) -> None:
         """One request failed; `reason` is a short label (REJECTED, CANCELED, BACKEND, OTHER)."""
@@ -87,3 +99,5 @@ class ModelStats:
         stats.compute_input.add(compute_input_ns)
         stats.compute_infer.add(compute_infer_ns)
         stats.compute_output.add(compute_output_ns)
+        self.compute_duration.observe(compute_input_ns + compute_infer_ns + compute_output_ns)
+        self.batch_rows.observe(rows)
