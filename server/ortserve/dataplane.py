@@ -32,6 +32,7 @@ from ortserve.errors import (
     UnavailableError,
 )
 from ortserve.observability import ModelStats
+from ortserve.observability.tracing import RequestSpan, current_request
 from ortserve.repository import IndexEntry, ModelRegistry, ModelVersion
 
 SERVER_NAME = "ortserve"
@@ -134,8 +135,12 @@ class DataPlane:
 
     # -- inference ----------------------------------------------------------------------
 
-    async def infer(self, request: InferRequest) -> InferResponse:
-        """Run one request through its model's batcher (see the module docstring)."""
+    async def infer(self, request: InferRequest, context: RequestSpan | None = None) -> InferResponse:
+        """Run one request through its model's batcher (see the module docstring).
+
+        `context` is the request's trace, handed to the batcher (default: the one the protocol
+        edge made current; None when tracing and the access log are off).
+        """
         start_ns = monotonic_ns()
         self._check_not_draining()
         if self.in_flight >= self.max_inflight_requests > 0:
@@ -154,6 +159,7 @@ class DataPlane:
                 deadline_ns=request.deadline_ns,
                 priority=_int_parameter(request, "priority"),
                 timeout_us=_int_parameter(request, "timeout", " of microseconds"),
+                context=context if context is not None else current_request(),
             )
         except asyncio.CancelledError:
             model.stats.record_failure(monotonic_ns() - start_ns, "CANCELED")
