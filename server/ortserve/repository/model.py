@@ -17,7 +17,8 @@ import numpy as np
 
 from ortserve.batching import BatchObserver, BatchReport, BatchResult, DynamicBatcher
 from ortserve.errors import ModelLoadError
-from ortserve.observability import ModelStats
+from ortserve.observability import DriftMonitor, DriftOptions, ModelStats, RequestSpan, Tracing
+from ortserve.observability.drift import REFERENCE_FILE
 from ortserve.repository.batch_policy import LATENCY_TARGET_PARAMETER, batch_policy
 from ortserve.repository.model_config import GraphTensor, complete_config, unhonoured_fields
 from ortserve.repository.signature import REJECT_NONFINITE_PARAMETER, Signature, zero_feeds
@@ -68,6 +69,10 @@ class ModelVersion:
         self.device = onnx.instances[0].device
         self.batch_observers: list[BatchObserver] = []
         """Called with every BatchReport after the statistics are updated (e.g. tracing)."""
+        self.path: Path | None = None
+        """The model file it was loaded from (None when built directly)."""
+        self.drift: DriftMonitor | None = None
+        """Samples the inputs when the version ships reference data (see `instrument`)."""
         self._batcher = DynamicBatcher(
             f"{name}_{version}",
             [instance.run for instance in onnx.instances],
@@ -104,6 +109,7 @@ class ModelVersion:
                 default_max_batch_size=default_max_batch_size,
             )
             model = cls(name, version, config, onnx, default_latency_target_ms)
+            model.path = path
             model.warm_up()
         except BaseException:
             onnx.close()
@@ -145,9 +151,29 @@ class ModelVersion:
         timeout_us: int = 0,
         context: object = None,
     ) -> BatchResult:
-        return await self._batcher.submit(
+        if self.drift is not None:
+            self.drift.offer(inputs)  # a clock comparison; a small copy once per sampling gap
+        result = await self._batcher.submit(
             inputs, rows=rows, deadline_ns=deadline_ns, priority=priority, timeout_us=timeout_us, context=context
         )
+        if context is not None and isinstance(context, RequestSpan):
+            context.queued(self.name, self.version_str, result.enqueued_ns, result.started_ns)
+        return result
+
+    def instrument(self, tracing: Tracing | None, drift: DriftOptions | None) -> None:
+        """Attach the batch-span observer and, when the version ships reference.npz beside its
+        model file, the drift monitor (blocking: reads the reference)."""
+        if tracing is not None:
+            self.batch_observers.append(tracing.batch_observer(self.name, self.version_str))
+        if drift is not None and self.path is not None:
+            self.drift = DriftMonitor.load(
+                self.path.parent / REFERENCE_FILE,
+                self.name,
+                self.version_str,
+                [tensor.name for tensor in self.signature.inputs],
+                drift,
+                batched=self.config.max_batch_size > 0,
+            )
 
     @property
     def batcher(self) -> DynamicBatcher:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,11 +62,15 @@ class ModelRegistry:
         *,
         default_max_batch_size: int,
         default_latency_target_ms: float = 0.0,
+        on_load: Callable[[ModelVersion], None] | None = None,
     ) -> None:
+        """`on_load` is called in the loading thread with each version once loaded and warmed
+        up, before it serves (the app attaches tracing and drift monitoring there)."""
         self.root = root
         self._options = options
         self._default_max_batch_size = default_max_batch_size
         self._default_latency_target_ms = default_latency_target_ms
+        self._on_load = on_load
         self._models: dict[str, _Model] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -210,9 +214,8 @@ class ModelRegistry:
         wanted = select_versions(config.version_policy, list_versions(model_dir), model_name=name)
         filename = model_filename(config, name)
 
-        async def one(version: int) -> ModelVersion:
-            return await asyncio.to_thread(
-                ModelVersion.load_blocking,
+        def load(version: int) -> ModelVersion:
+            model = ModelVersion.load_blocking(
                 name,
                 version,
                 config,
@@ -221,6 +224,16 @@ class ModelRegistry:
                 self._default_max_batch_size,
                 self._default_latency_target_ms,
             )
+            if self._on_load is not None:
+                try:
+                    self._on_load(model)
+                except BaseException:
+                    model.onnx.close()
+                    raise
+            return model
+
+        async def one(version: int) -> ModelVersion:
+            return await asyncio.to_thread(load, version)
 
         results = await asyncio.gather(*(one(v) for v in wanted), return_exceptions=True)
         for version, result in zip(wanted, results, strict=True):
