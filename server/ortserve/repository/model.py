@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from time import perf_counter_ns
 
@@ -20,14 +20,17 @@ from ortserve.errors import ModelLoadError
 from ortserve.observability import DriftMonitor, DriftOptions, ModelStats, RequestSpan, Tracing
 from ortserve.observability.drift import REFERENCE_FILE
 from ortserve.repository.batch_policy import LATENCY_TARGET_PARAMETER, batch_policy
+from ortserve.repository.cache import CacheView
 from ortserve.repository.model_config import GraphTensor, complete_config, unhonoured_fields
+from ortserve.repository.routing import WEIGHTS_PARAMETER
 from ortserve.repository.signature import REJECT_NONFINITE_PARAMETER, Signature, zero_feeds
+from ortserve.repository.warmup import WarmupSample, warmup_samples
 from ortserve.runtime import InstanceSpec, OnnxModel, RuntimeOptions
 from ortserve_client.proto import model_config_pb2 as mc
 
 log = logging.getLogger("ortserve.repository")
 
-MODEL_PARAMETERS = {LATENCY_TARGET_PARAMETER, REJECT_NONFINITE_PARAMETER}
+MODEL_PARAMETERS = {LATENCY_TARGET_PARAMETER, REJECT_NONFINITE_PARAMETER, WEIGHTS_PARAMETER}
 """Keys of a config's `parameters` that ortserve acts on; others are logged as ignored."""
 
 _KINDS = {
@@ -73,6 +76,8 @@ class ModelVersion:
         """The model file it was loaded from (None when built directly)."""
         self.drift: DriftMonitor | None = None
         """Samples the inputs when the version ships reference data (see `instrument`)."""
+        self.cache: CacheView | None = None
+        """This version's handle on the response cache, when its config enables it (set by the registry)."""
         self._batcher = DynamicBatcher(
             f"{name}_{version}",
             [instance.run for instance in onnx.instances],
@@ -110,19 +115,22 @@ class ModelVersion:
             )
             model = cls(name, version, config, onnx, default_latency_target_ms)
             model.path = path
-            model.warm_up()
+            model.warm_up(warmup_samples(config, model.signature, path.parent.parent))
         except BaseException:
             onnx.close()
             raise
         return model
 
-    def warm_up(self) -> None:
-        """Run every instance at batch size 1 and at max_batch_size, twice (blocking).
+    def warm_up(self, samples: Sequence[WarmupSample] = ()) -> None:
+        """Run every instance at each batch size the batcher forms, twice, then `samples` (blocking).
 
-        The first run of each size pays one-time costs; the second is timed and seeds the
-        batcher's cost model, so the latency-target controller starts from real numbers.
+        Batch sizes: 1, every preferred batch size and max_batch_size. The first run of each size
+        pays one-time costs; the second is timed and seeds the batcher's cost model, so the
+        latency-target controller starts from real numbers. Then the config's `model_warmup`
+        samples (warmup.py), each `count` times. The version takes no traffic before this ends.
         """
-        sizes = sorted({1, self.config.max_batch_size or 1})
+        preferred = self.config.dynamic_batching.preferred_batch_size if self.config.max_batch_size else ()
+        sizes = sorted({1, self.config.max_batch_size or 1, *preferred})
         for instance in self.onnx.instances:
             for rows in sizes:
                 feeds = zero_feeds(self.signature, rows)
@@ -136,6 +144,15 @@ class ModelVersion:
                         f"model {self.name!r} version {self.version}: warm-up at batch size {rows} "
                         f"failed on instance {instance.name}: {exc}"
                     ) from exc
+            for sample in samples:
+                for _ in range(sample.count):
+                    try:
+                        instance.run(sample.feeds)
+                    except Exception as exc:
+                        raise ModelLoadError(
+                            f"model {self.name!r} version {self.version}: model_warmup {sample.name!r} "
+                            f"failed on instance {instance.name}: {exc}"
+                        ) from exc
 
     def start(self) -> None:
         """Start the batcher on the running event loop."""
@@ -194,4 +211,6 @@ class ModelVersion:
     async def close(self, timeout_s: float | None = None) -> None:
         """Finish queued work, stop the batcher and release the sessions."""
         await self._batcher.close(timeout_s)
+        if self.cache is not None:
+            self.cache.clear()
         await asyncio.to_thread(self.onnx.close)
