@@ -16,6 +16,7 @@ from typing import Any
 DEVICES = ("auto", "cpu", "cuda")
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 ENV_PREFIX = "ORTSERVE_"
+LOG_FORMATS = ("text", "json")
 
 
 class SettingsError(ValueError):
@@ -90,6 +91,20 @@ class ServerSettings:
     """Model load/unload requests a client may send at once above its rate (0 = the rate rounded up)."""
     audit_log_file: Path | None = None
     """Append the audit log of model loads and unloads (JSON lines) to this file as well as to the log."""
+    log_format: str = "text"
+    """Log format: text (for a terminal) or json (one object per line, with request, trace and span ids)."""
+    access_log_ratio: float = 0.0
+    """Fraction of inference-service RPCs written to the access log (0 = off, 1 = every call)."""
+    triton_metrics: bool = True
+    """Expose Triton's nv_inference_* and nv_gpu_* families on /metrics (false: only the ortserve_* ones)."""
+    drift_interval_seconds: float = 60.0
+    """How often models that ship reference.npz compare recent inputs with it; 0 = no drift monitoring."""
+    drift_window_rows: int = 2048
+    """Sampled rows per model input compared with the reference at each drift evaluation (>= 200)."""
+    drift_psi_threshold: float = 0.2
+    """A feature whose population stability index reaches this is logged as drifting."""
+    drift_pvalue_threshold: float = 0.001
+    """A feature whose Kolmogorov-Smirnov p-value falls below this is logged as drifting."""
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -128,6 +143,22 @@ class ServerSettings:
                 raise SettingsError(f"{name}: expected >= 0 (0 = the rate rounded up), got {getattr(self, name)}")
         if self.model_repository is not None and not Path(self.model_repository).is_dir():
             raise SettingsError(f"model_repository: {self.model_repository} is not a directory")
+        self._check_observability()
+
+    def _check_observability(self) -> None:
+        if self.log_format.lower() not in LOG_FORMATS:
+            raise SettingsError(f"log_format: expected text or json, got {self.log_format!r}")
+        if not 0 <= self.access_log_ratio <= 1:  # NaN fails too
+            raise SettingsError(f"access_log_ratio: expected 0..1, got {self.access_log_ratio}")
+        if not 0 <= self.drift_interval_seconds < float("inf"):
+            raise SettingsError(f"drift_interval_seconds: expected a finite number >= 0 (0 = off), got "
+                                f"{self.drift_interval_seconds}")
+        if self.drift_window_rows < 200:
+            raise SettingsError(f"drift_window_rows: expected >= 200, got {self.drift_window_rows}")
+        if not 0 < self.drift_psi_threshold < float("inf"):
+            raise SettingsError(f"drift_psi_threshold: expected a finite number > 0, got {self.drift_psi_threshold}")
+        if not 0 <= self.drift_pvalue_threshold <= 1:
+            raise SettingsError(f"drift_pvalue_threshold: expected 0..1, got {self.drift_pvalue_threshold}")
 
     @classmethod
     def from_sources(
@@ -153,6 +184,8 @@ def env_name(setting: str) -> str:
 def _coerce(name: str, type_name: Any, raw: Any) -> Any:
     kind = str(type_name)
     try:
+        if kind == "bool":
+            return _boolean(raw)
         if "Path" in kind:
             return Path(raw)
         if kind == "int":
@@ -164,6 +197,17 @@ def _coerce(name: str, type_name: Any, raw: Any) -> Any:
         raise SettingsError(
             f"{name}: expected {kind}, got {raw!r} (from {env_name(name)} or --{name.replace('_', '-')})"
         ) from None
+
+
+def _boolean(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(raw)
 
 
 def _check_port(name: str, port: int, *, allow_disabled: bool) -> None:

@@ -105,6 +105,13 @@ ENV_EXAMPLES: dict[str, tuple[str, Any]] = {
     "rate_limit_control_per_s": ("0.1", 0.1),
     "rate_limit_control_burst": ("2", 2),
     "audit_log_file": ("audit.jsonl", Path("audit.jsonl")),
+    "log_format": ("json", "json"),
+    "access_log_ratio": ("0.01", 0.01),
+    "triton_metrics": ("false", False),
+    "drift_interval_seconds": ("0", 0.0),
+    "drift_window_rows": ("500", 500),
+    "drift_psi_threshold": ("0.25", 0.25),
+    "drift_pvalue_threshold": ("0.01", 0.01),
 }
 """An environment value for every setting, and the setting it makes (never the default)."""
 
@@ -170,6 +177,13 @@ def test_values_that_do_not_parse_name_the_setting_and_its_sources(env: dict[str
         ({"rate_limit_inference_per_s": math.nan}, "rate_limit_inference_per_s: expected a finite number >= 0"),
         ({"rate_limit_metadata_per_s": math.inf}, "rate_limit_metadata_per_s: expected a finite number >= 0"),
         ({"rate_limit_control_burst": -1}, r"rate_limit_control_burst: expected >= 0 \(0 = the rate rounded up\)"),
+        ({"log_format": "xml"}, "log_format: expected text or json, got 'xml'"),
+        ({"access_log_ratio": 1.5}, r"access_log_ratio: expected 0\.\.1, got 1\.5"),
+        ({"access_log_ratio": math.nan}, r"access_log_ratio: expected 0\.\.1"),
+        ({"drift_interval_seconds": -1.0}, r"drift_interval_seconds: expected a finite number >= 0 \(0 = off\)"),
+        ({"drift_window_rows": 199}, "drift_window_rows: expected >= 200, got 199"),
+        ({"drift_psi_threshold": 0.0}, "drift_psi_threshold: expected a finite number > 0"),
+        ({"drift_pvalue_threshold": 2.0}, r"drift_pvalue_threshold: expected 0\.\.1, got 2\.0"),
     ],
 )
 def test_invalid_values_are_refused_with_what_is_allowed(changes: dict[str, Any], message: str) -> None:
@@ -266,6 +280,13 @@ FLAG_EXAMPLES: list[tuple[str, str, Any]] = [
     ("rate_limit_control_per_s", "1", 1.0),
     ("rate_limit_control_burst", "1", 1),
     ("audit_log_file", "/var/log/audit.jsonl", Path("/var/log/audit.jsonl")),
+    ("log_format", "json", "json"),
+    ("access_log_ratio", "0.5", 0.5),
+    ("triton_metrics", "off", "off"),  # a bool: the text is coerced by from_sources (test below)
+    ("drift_interval_seconds", "30", 30.0),
+    ("drift_window_rows", "4096", 4096),
+    ("drift_psi_threshold", "0.1", 0.1),
+    ("drift_pvalue_threshold", "0.05", 0.05),
 ]
 
 
@@ -363,3 +384,19 @@ def test_an_empty_environment_variable_counts_as_unset() -> None:
 def test_choice_flags_are_case_insensitive() -> None:
     args = cli.build_parser().parse_args(["serve", "--log-level", "INFO", "--device", "CPU"])
     assert args.log_level == "info" and args.device == "cpu"
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("true", True), ("ON", True), ("1", True), ("yes", True), ("false", False), ("Off", False), ("0", False),
+     ("no", False)],
+)
+def test_boolean_settings_read_the_usual_words(text: str, value: bool) -> None:
+    from_env = ServerSettings.from_sources(flags(), environ={"ORTSERVE_TRITON_METRICS": text})
+    from_flag = ServerSettings.from_sources(vars(parse("serve", "--triton-metrics", text)), environ={})
+    assert from_env.triton_metrics is value and from_flag.triton_metrics is value
+
+
+def test_a_boolean_setting_that_does_not_parse_names_the_setting() -> None:
+    with pytest.raises(SettingsError, match=r"triton_metrics: expected bool, got 'maybe'"):
+        ServerSettings.from_sources(flags(), environ={"ORTSERVE_TRITON_METRICS": "maybe"})
