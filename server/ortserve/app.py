@@ -21,7 +21,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +32,23 @@ from prometheus_client import CollectorRegistry
 
 from ortserve.config import ServerSettings
 from ortserve.dataplane import DataPlane
-from ortserve.observability import StatsCollector
+from ortserve.observability import (
+    DriftCollector,
+    DriftMonitor,
+    DriftOptions,
+    GpuCollector,
+    OrtserveCollector,
+    StatsCollector,
+    Tracing,
+    run_drift_schedule,
+    tracing_from_env,
+)
+from ortserve.observability import configure_logging as configure_log_output
 from ortserve.protocol import HealthMetricsServer, InferenceServicer, add_inference_service
 from ortserve.protocol.codec import DecodeLimits
 from ortserve.protocol.interceptors import SecurityInterceptor
-from ortserve.repository import ModelRegistry
+from ortserve.protocol.tracing import ObservabilityInterceptor
+from ortserve.repository import ModelRegistry, ModelVersion
 from ortserve.runtime import RuntimeOptions
 from ortserve.security import AuditLog, SecurityConfigError, TlsFiles, build_policy, tls_files
 
@@ -55,19 +67,38 @@ class OrtServer:
     """One ortserve server: gRPC + HTTP ports over a model registry."""
 
     def __init__(
-        self, settings: ServerSettings, *, metrics_registry: CollectorRegistry | None = None
+        self,
+        settings: ServerSettings,
+        *,
+        metrics_registry: CollectorRegistry | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
+        """`tracing` None: configured by the OTEL_* environment (usually off)."""
         self.settings = settings
         self.repository = settings.model_repository or demo_repository()
         self.metrics_registry = metrics_registry or CollectorRegistry()
+        self.tracing = tracing if tracing is not None else tracing_from_env()
+        self._drift = (
+            DriftOptions(
+                settings.drift_interval_seconds,
+                settings.drift_window_rows,
+                settings.drift_psi_threshold,
+                settings.drift_pvalue_threshold,
+            )
+            if settings.drift_interval_seconds > 0
+            else None
+        )
+        self._drift_task: asyncio.Task[None] | None = None
+        self._gpu = GpuCollector() if settings.triton_metrics else None
         self.registry = ModelRegistry(
             self.repository,
             RuntimeOptions(device=settings.device, intra_op_threads=settings.intra_op_threads),
             default_max_batch_size=settings.default_max_batch_size,
             default_latency_target_ms=settings.latency_target_ms,
+            on_load=self._instrument,
         )
         self.dataplane = DataPlane(self.registry, max_inflight_requests=settings.max_inflight_requests)
-        self.metrics_registry.register(StatsCollector(self.registry.stats))
+        self._register_collectors()
         self.grpc_port = -1
         self.http_port = -1
         self._grpc: aio.Server | None = None
@@ -83,7 +114,8 @@ class OrtServer:
         policy = build_policy(s)
         audit = AuditLog(s.audit_log_file) if policy is not None or s.audit_log_file is not None else None
         self._grpc = aio.server(
-            interceptors=[SecurityInterceptor(policy, audit)] if audit is not None else [],
+            interceptors=self._observability_interceptors()
+            + ([SecurityInterceptor(policy, audit)] if audit is not None else []),
             options=[
                 ("grpc.max_receive_message_length", s.max_message_bytes),
                 ("grpc.max_send_message_length", s.max_message_bytes),
@@ -120,6 +152,8 @@ class OrtServer:
             self.repository,
         )
         await self.registry.load_all()
+        if self._drift is not None:
+            self._drift_task = asyncio.create_task(run_drift_schedule(self._drift_monitors, self._drift.interval_s))
         self.dataplane.started = True
         await self._set_health(serving=True)
         for row in self.registry.index():
@@ -144,7 +178,46 @@ class OrtServer:
         await self.registry.close(timeout_s=1.0)
         if self._http is not None:
             await asyncio.to_thread(self._http.stop)
+        await self._stop_observability()
         log.info("ortserve stopped")
+
+    # -- observability wiring (ortserve.observability) ---------------------------------------
+
+    def _instrument(self, model: ModelVersion) -> None:
+        model.instrument(self.tracing, self._drift)
+
+    def _batchers(self) -> Iterator[tuple[str, str, Any]]:
+        for model in self.registry.loaded():
+            yield model.name, model.version_str, model.batcher
+
+    def _drift_monitors(self) -> Iterator[DriftMonitor]:
+        for model in self.registry.loaded():
+            if model.drift is not None:
+                yield model.drift
+
+    def _register_collectors(self) -> None:
+        registry = self.metrics_registry
+        registry.register(OrtserveCollector(self.registry.stats, self._batchers))
+        registry.register(DriftCollector(self._drift_monitors))
+        if self.settings.triton_metrics:
+            registry.register(StatsCollector(self.registry.stats, self._batchers))
+            assert self._gpu is not None
+            registry.register(self._gpu)
+
+    def _observability_interceptors(self) -> list[aio.ServerInterceptor]:
+        ratio = self.settings.access_log_ratio
+        every = max(round(1 / ratio), 1) if ratio > 0 else 0
+        if self.tracing is None and not every:
+            return []  # no interceptor: the request path pays nothing
+        return [ObservabilityInterceptor(self.tracing, every)]
+
+    async def _stop_observability(self) -> None:
+        if self._drift_task is not None:
+            self._drift_task.cancel()
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.shutdown)  # flushes the spans still queued
+        if self._gpu is not None:
+            self._gpu.close()
 
     async def _set_health(self, *, serving: bool) -> None:
         status = (
@@ -175,12 +248,9 @@ def _server_credentials(tls: TlsFiles) -> grpc.ServerCredentials:
     )
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def configure_logging(level: str, fmt: str = "text") -> None:
+    """Log at `level` to stderr, as text or JSON lines (ortserve.observability.logs)."""
+    configure_log_output(level, fmt.lower(), sys.stderr)
 
 
 def run_event_loop(main: Callable[[], Coroutine[Any, Any, int]], choice: str) -> int:
@@ -200,7 +270,7 @@ def run_event_loop(main: Callable[[], Coroutine[Any, Any, int]], choice: str) ->
 
 def serve(settings: ServerSettings) -> int:
     """Run a server until SIGTERM/SIGINT; a second signal forces an immediate exit."""
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
 
     async def main() -> int:
         loop = asyncio.get_running_loop()

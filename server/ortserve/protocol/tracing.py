@@ -1,0 +1,163 @@
+"""The observability edge of the gRPC server: a server span per RPC and the sampled access log.
+
+`ObservabilityInterceptor` wraps each GRPCInferenceService method's handler once, on its
+first call (grpc.health is left alone), so that every call:
+
+1. takes its parent from the caller's W3C `traceparent` (and `tracestate`, `baggage`) in the
+   gRPC metadata, through the propagators OTEL_PROPAGATORS names (W3C by default);
+2. runs inside a server span named `inference.GRPCInferenceService/<Method>` with the model,
+   version and request id, made current as a `RequestSpan` (the dataplane hands it to the
+   batcher, and the log records of the call carry its ids);
+3. ends with `rpc.grpc.status_code` set and status ERROR only for server faults (INTERNAL,
+   UNAVAILABLE, DEADLINE_EXCEEDED, UNKNOWN), never for the client's mistakes;
+4. is written to the access log (logger `ortserve.access`, INFO) when it is one of every
+   `access_log_every` calls.
+
+`app` installs it only when tracing or the access log is on: otherwise the request path has
+no interceptor at all. It sits outermost, so a call refused by the security interceptor is
+traced and logged too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from time import monotonic_ns
+from typing import Any
+
+import grpc
+from grpc import aio
+from opentelemetry import propagate
+from opentelemetry.trace import Status, StatusCode
+
+from ortserve.observability import RequestSpan, Tracing
+from ortserve.protocol.status import status_of
+
+access_log = logging.getLogger("ortserve.access")
+
+SERVICE = "/inference.GRPCInferenceService/"
+SERVER_FAULTS = frozenset(
+    {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNKNOWN}
+)
+"""Codes that mark a span as an error (as OpenTelemetry's gRPC instrumentation does)."""
+
+
+def _identity(request: Any) -> tuple[str, str, str]:
+    """(model, version, request id) of an inference or model request message, else empty strings."""
+    message = getattr(request, "message", request)  # protocol.wire's WireInferRequest wraps the message
+    model = getattr(message, "model_name", "") or getattr(message, "name", "")
+    version = getattr(message, "model_version", "") or getattr(message, "version", "")
+    return str(model), str(version), str(getattr(message, "id", ""))
+
+
+def _code_of(context: aio.ServicerContext, failure: BaseException | None) -> grpc.StatusCode:
+    code = context.code()
+    if isinstance(code, grpc.StatusCode) and code is not grpc.StatusCode.OK:
+        return code
+    if failure is None:
+        return grpc.StatusCode.OK
+    if isinstance(failure, asyncio.CancelledError):
+        return grpc.StatusCode.CANCELLED
+    return status_of(failure)[0]
+
+
+class ObservabilityInterceptor(aio.ServerInterceptor):  # type: ignore[misc]  # grpc ships no type hints
+    """Traces and access-logs the calls of a grpc.aio server (module docstring)."""
+
+    def __init__(self, tracing: Tracing | None, access_log_every: int = 0) -> None:
+        self._tracing = tracing
+        self._every = max(access_log_every, 0)
+        self._calls = 0
+        self._wrapped: dict[str, tuple[Any, Any]] = {}
+
+    async def intercept_service(
+        self, continuation: Callable[[Any], Awaitable[Any]], handler_call_details: Any
+    ) -> Any:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method: str = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is None or cached[0] is not handler:
+            cached = self._wrapped[method] = (handler, self._wrap(method, handler))
+        return cached[1]
+
+    def _wrap(self, method: str, handler: Any) -> Any:
+        if not method.startswith(SERVICE):
+            return handler
+        name = method[1:]  # the span name: inference.GRPCInferenceService/ModelInfer
+        if handler.request_streaming and handler.response_streaming:
+            return handler._replace(stream_stream=self._stream(handler.stream_stream, name))
+        if not handler.request_streaming and not handler.response_streaming:
+            return handler._replace(unary_unary=self._unary(handler.unary_unary, name))
+        return handler  # the service has no other kinds of method
+
+    def _start(self, name: str, request: Any, context: aio.ServicerContext) -> RequestSpan:
+        model, version, request_id = _identity(request)
+        tracing = self._tracing
+        if tracing is None:
+            return RequestSpan(model, version, request_id)
+        carrier = {key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)}
+        parent = propagate.extract(carrier) if carrier else None
+        started = tracing.start_request(name, parent, model, version, request_id)
+        started.span.set_attributes(  # type: ignore[union-attr]
+            {"rpc.system": "grpc", "rpc.service": name.split("/")[0], "rpc.method": name.split("/")[1]}
+        )
+        return started
+
+    def _finish(
+        self, name: str, request: RequestSpan, context: aio.ServicerContext, failure: BaseException | None,
+        started_ns: int,
+    ) -> None:
+        code = _code_of(context, failure)
+        span = request.span
+        if span is not None:
+            span.set_attribute("rpc.grpc.status_code", code.value[0])
+            if code in SERVER_FAULTS:
+                span.set_status(Status(StatusCode.ERROR, str(context.details() or code.name)))
+            span.end()
+        if self._every:
+            self._calls += 1
+            if self._calls >= self._every:
+                self._calls = 0
+                duration_ms = round((monotonic_ns() - started_ns) / 1e6, 3)
+                access_log.info(
+                    "%s %s %.3f ms", name.rsplit("/", 1)[-1], code.name, duration_ms,
+                    extra={"method": name, "grpc_code": code.name, "duration_ms": duration_ms},
+                )
+
+    def _unary(self, inner: Any, name: str) -> Any:
+        async def observed(request: Any, context: aio.ServicerContext) -> Any:
+            started_ns = monotonic_ns()
+            current = self._start(name, request, context)
+            token = current.activate()
+            failure: BaseException | None = None
+            try:
+                return await inner(request, context)
+            except BaseException as exc:
+                failure = exc
+                raise
+            finally:
+                self._finish(name, current, context, failure, started_ns)  # still current: the log carries its ids
+                RequestSpan.deactivate(token)
+
+        return observed
+
+    def _stream(self, inner: Any, name: str) -> Any:
+        async def observed(requests: AsyncIterator[Any], context: aio.ServicerContext) -> AsyncIterator[Any]:
+            # One span for the stream; each of its requests is handed the stream's RequestSpan.
+            started_ns = monotonic_ns()
+            current = self._start(name, None, context)
+            current.activate()  # left set: an async generator may be finalised in another context
+            failure: BaseException | None = None
+            try:
+                async for response in inner(requests, context):
+                    yield response
+            except BaseException as exc:
+                failure = exc
+                raise
+            finally:
+                self._finish(name, current, context, failure, started_ns)
+
+        return observed
