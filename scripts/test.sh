@@ -13,6 +13,9 @@ python -m pip install --quiet -e ./client -e '.[cpu,dev]'
 # Triton's perf_analyzer lives in its own venv (see DESIGN.md, "Real components for tests").
 PERF_ANALYZER="$(bash .ci/setup-perf-analyzer.sh | tail -n 1)"
 export PERF_ANALYZER
+# The Prometheus server and promtool (Debian) for tests/e2e/test_prometheus.py.
+PROMETHEUS_BIN_DIR="$(bash scripts/setup-prometheus.sh | tail -n 1)"
+export PROMETHEUS_BIN_DIR
 
 python -m ruff check server client tests scripts benchmarks
 python -m mypy server client
