@@ -17,6 +17,7 @@ DEVICES = ("auto", "cpu", "cuda")
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 ENV_PREFIX = "ORTSERVE_"
 LOG_FORMATS = ("text", "json")
+MODEL_CONTROL_MODES = ("none", "poll", "explicit")
 
 
 class SettingsError(ValueError):
@@ -105,6 +106,16 @@ class ServerSettings:
     """A feature whose population stability index reaches this is logged as drifting."""
     drift_pvalue_threshold: float = 0.001
     """A feature whose Kolmogorov-Smirnov p-value falls below this is logged as drifting."""
+    model_control_mode: str = "none"
+    """none: load every model at start; poll: that, then follow the repository's changes; explicit: load_model only."""
+    repository_poll_seconds: float = 15.0
+    """poll mode: seconds between two scans of the repository for new, changed and removed models."""
+    load_model: str = ""
+    """explicit mode: models to load at start, comma-separated (the flag may repeat); * loads every model."""
+    response_cache_bytes: int = 64 * 2**20
+    """Bytes of the response cache shared by the models whose config enables it; 0 turns it off."""
+    require_validation: bool = False
+    """Serve a model version only when a passing validation.json (ortserve validate) vouches for its file."""
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -144,6 +155,19 @@ class ServerSettings:
         if self.model_repository is not None and not Path(self.model_repository).is_dir():
             raise SettingsError(f"model_repository: {self.model_repository} is not a directory")
         self._check_observability()
+        self._check_model_management()
+
+    def _check_model_management(self) -> None:
+        if self.model_control_mode not in MODEL_CONTROL_MODES:
+            raise SettingsError(
+                f"model_control_mode: expected one of {', '.join(MODEL_CONTROL_MODES)}, got {self.model_control_mode!r}"
+            )
+        if not 0 < self.repository_poll_seconds < float("inf"):  # NaN fails too
+            raise SettingsError(
+                f"repository_poll_seconds: expected a finite number > 0, got {self.repository_poll_seconds}"
+            )
+        if self.response_cache_bytes < 0:
+            raise SettingsError(f"response_cache_bytes: expected >= 0 (0 = off), got {self.response_cache_bytes}")
 
     def _check_observability(self) -> None:
         if self.log_format.lower() not in LOG_FORMATS:
@@ -183,6 +207,8 @@ def env_name(setting: str) -> str:
 
 def _coerce(name: str, type_name: Any, raw: Any) -> Any:
     kind = str(type_name)
+    if isinstance(raw, list):  # a repeatable flag (load_model): its values, comma-separated
+        raw = ",".join(str(item) for item in raw)
     try:
         if kind == "bool":
             return _boolean(raw)

@@ -112,6 +112,11 @@ ENV_EXAMPLES: dict[str, tuple[str, Any]] = {
     "drift_window_rows": ("500", 500),
     "drift_psi_threshold": ("0.25", 0.25),
     "drift_pvalue_threshold": ("0.01", 0.01),
+    "model_control_mode": ("explicit", "explicit"),
+    "repository_poll_seconds": ("0.5", 0.5),
+    "load_model": ("iris,add_sub", "iris,add_sub"),
+    "response_cache_bytes": ("1048576", 1048576),
+    "require_validation": ("true", True),
 }
 """An environment value for every setting, and the setting it makes (never the default)."""
 
@@ -184,6 +189,10 @@ def test_values_that_do_not_parse_name_the_setting_and_its_sources(env: dict[str
         ({"drift_window_rows": 199}, "drift_window_rows: expected >= 200, got 199"),
         ({"drift_psi_threshold": 0.0}, "drift_psi_threshold: expected a finite number > 0"),
         ({"drift_pvalue_threshold": 2.0}, r"drift_pvalue_threshold: expected 0\.\.1, got 2\.0"),
+        ({"model_control_mode": "manual"}, "model_control_mode: expected one of none, poll, explicit, got 'manual'"),
+        ({"repository_poll_seconds": 0.0}, "repository_poll_seconds: expected a finite number > 0, got 0.0"),
+        ({"repository_poll_seconds": math.nan}, "repository_poll_seconds: expected a finite number > 0"),
+        ({"response_cache_bytes": -1}, r"response_cache_bytes: expected >= 0 \(0 = off\), got -1"),
     ],
 )
 def test_invalid_values_are_refused_with_what_is_allowed(changes: dict[str, Any], message: str) -> None:
@@ -287,6 +296,11 @@ FLAG_EXAMPLES: list[tuple[str, str, Any]] = [
     ("drift_window_rows", "4096", 4096),
     ("drift_psi_threshold", "0.1", 0.1),
     ("drift_pvalue_threshold", "0.05", 0.05),
+    ("model_control_mode", "poll", "poll"),
+    ("repository_poll_seconds", "2", 2.0),
+    ("load_model", "iris", ["iris"]),  # repeatable: from_sources joins the list (test below)
+    ("response_cache_bytes", "0", 0),
+    ("require_validation", "yes", "yes"),  # a bool: the text is coerced by from_sources
 ]
 
 
@@ -400,3 +414,12 @@ def test_boolean_settings_read_the_usual_words(text: str, value: bool) -> None:
 def test_a_boolean_setting_that_does_not_parse_names_the_setting() -> None:
     with pytest.raises(SettingsError, match=r"triton_metrics: expected bool, got 'maybe'"):
         ServerSettings.from_sources(flags(), environ={"ORTSERVE_TRITON_METRICS": "maybe"})
+
+
+def test_load_model_repeats_or_takes_commas_and_a_bare_boolean_flag_means_true() -> None:
+    args = vars(parse("serve", "--model-control-mode", "explicit", "--load-model", "a,b", "--load-model", "c",
+                      "--require-validation"))
+    settings = ServerSettings.from_sources(args, environ={})
+    assert settings.load_model == "a,b,c"
+    assert settings.require_validation is True
+    assert ServerSettings.from_sources(vars(parse("serve")), environ={}).require_validation is False
