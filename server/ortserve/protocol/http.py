@@ -13,7 +13,9 @@ from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client import CollectorRegistry
+
+from ortserve.observability.exposition import metrics_app
 
 log = logging.getLogger("ortserve.protocol")
 
@@ -40,7 +42,7 @@ class HealthMetricsServer:
         live: Callable[[], bool],
         ready: Callable[[], bool],
     ) -> None:
-        self._metrics = make_wsgi_app(registry)
+        self._metrics = metrics_app(registry)  # values as plain decimals, as Triton writes them
         self._live = live
         self._ready = ready
         self._server = make_server(
@@ -59,7 +61,7 @@ class HealthMetricsServer:
     def _app(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         if path == "/metrics":
-            return self._metrics(environ, start_response)  # type: ignore[no-any-return]
+            return self._metrics(environ, start_response)
         if path == "/v2/health/live":
             return self._status(start_response, self._live())
         if path == "/v2/health/ready":

@@ -1,0 +1,414 @@
+"""The ortserve_* families, Triton's pending gauge and nv_gpu_*: values after known traffic.
+
+Traffic runs through the real DataPlane, registry, batcher and ONNX Runtime (no gRPC, no
+ports): successes of known batch sizes and every failure reason. Each test scrapes its own
+injected CollectorRegistry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
+
+from ortserve.app import OrtServer
+from ortserve.config import ServerSettings
+from ortserve.dataplane import DataPlane, InferRequest
+from ortserve.errors import InvalidInputError
+from ortserve.observability import GpuCollector, Histogram, ModelStats, OrtserveCollector, StatsCollector
+from ortserve.observability.exposition import exposition, metrics_app, plain
+from ortserve.observability.histograms import LATENCY_BUCKETS_S, batch_size_histogram, latency_histogram
+from ortserve.repository import ModelRegistry
+from ortserve.runtime import RuntimeOptions
+from tests import models
+
+ORTSERVE_FAMILIES = {
+    "ortserve_requests": "counter",
+    "ortserve_request_failures": "counter",
+    "ortserve_inference_rows": "counter",
+    "ortserve_request_duration_seconds": "histogram",
+    "ortserve_queue_duration_seconds": "histogram",
+    "ortserve_compute_duration_seconds": "histogram",
+    "ortserve_batch_size": "histogram",
+    "ortserve_pending_requests_per_instance": "gauge",
+}
+
+
+def families_of(registry: CollectorRegistry) -> dict[str, Any]:
+    return {f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())}
+
+
+def value(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
+    found: float | None = registry.get_sample_value(name, labels)
+    return found
+
+
+# -- Histogram ----------------------------------------------------------------------------
+
+
+def test_a_value_on_a_bound_counts_in_that_bucket_as_prometheus_le_says() -> None:
+    h = Histogram((10, 20, 30))
+    for v in (0, 10, 11, 20, 30, 31, 1000):
+        h.observe(v)
+    assert h.counts == [2, 2, 1, 2]  # <=10, <=20, <=30, overflow
+    buckets, total = h.snapshot()
+    assert buckets == [("10.0", 2.0), ("20.0", 4.0), ("30.0", 5.0), ("+Inf", 7.0)]
+    assert total == 1102 and h.count == 7
+
+
+def test_latency_buckets_are_exposed_in_seconds() -> None:
+    h = latency_histogram()
+    h.observe(150_000)  # 150 us
+    h.observe(3_000_000_000)  # 3 s
+    buckets, total = h.snapshot(1e9)
+    assert [le for le, _ in buckets[:-1]] == [repr(b) for b in LATENCY_BUCKETS_S]
+    assert dict(buckets)["0.00025"] == 1.0 and dict(buckets)["2.5"] == 1.0 and dict(buckets)["5.0"] == 2.0
+    assert total == pytest.approx(3.00015)
+
+
+def test_bounds_must_increase() -> None:
+    with pytest.raises(ValueError, match="strictly increasing"):
+        Histogram((1, 1, 2))
+
+
+def test_record_calls_fill_the_histograms() -> None:
+    stats = ModelStats()
+    stats.record_success(2, 2_000_000, 500_000, 10, 20, 30)
+    stats.record_failure(9_000_000, "BACKEND")  # failures are counted by reason, not timed here
+    stats.record_batch(5, 1_000, 2_000, 3_000)
+    assert stats.request_duration.count == 1 and stats.request_duration.total == 2_000_000
+    assert stats.queue_duration.count == 1 and stats.queue_duration.total == 500_000
+    assert stats.compute_duration.count == 1 and stats.compute_duration.total == 6_000
+    assert stats.batch_rows.counts == batch_size_histogram().counts[:3] + [1] + [0] * 8  # le=8 bucket
+
+
+# -- OrtserveCollector on hand-made statistics ----------------------------------------------
+
+
+@dataclass
+class Load:
+    queued_requests: int
+    running_requests: int
+    instances: int
+
+
+def test_ortserve_families_from_known_statistics() -> None:
+    stats = ModelStats()
+    for _ in range(3):
+        stats.record_success(1, 3_000_000, 1_000_000, 100, 1_000_000, 100)
+    stats.record_batch(3, 100, 1_000_000, 100)
+    stats.record_failure(1_000, "REJECTED")
+    registry = CollectorRegistry()
+    registry.register(OrtserveCollector(lambda: [("m", "1", stats)], lambda: [("m", "1", Load(6, 2, 4))]))
+    families = families_of(registry)
+    assert {name: f.type for name, f in families.items()} == ORTSERVE_FAMILIES
+    labels = {"model": "m", "version": "1"}
+    assert value(registry, "ortserve_requests_total", **labels) == 4
+    assert value(registry, "ortserve_request_failures_total", reason="REJECTED", **labels) == 1
+    assert value(registry, "ortserve_inference_rows_total", **labels) == 3
+    assert value(registry, "ortserve_request_duration_seconds_count", **labels) == 3
+    assert value(registry, "ortserve_request_duration_seconds_sum", **labels) == pytest.approx(0.009)
+    assert value(registry, "ortserve_request_duration_seconds_bucket", le="0.0025", **labels) == 0
+    assert value(registry, "ortserve_request_duration_seconds_bucket", le="0.005", **labels) == 3
+    assert value(registry, "ortserve_queue_duration_seconds_bucket", le="0.001", **labels) == 3
+    assert value(registry, "ortserve_compute_duration_seconds_count", **labels) == 1
+    assert value(registry, "ortserve_batch_size_bucket", le="2.0", **labels) == 0
+    assert value(registry, "ortserve_batch_size_bucket", le="4.0", **labels) == 1
+    assert value(registry, "ortserve_batch_size_sum", **labels) == 3
+    assert value(registry, "ortserve_pending_requests_per_instance", **labels) == 2.0  # (6 + 2) / 4
+    text = generate_latest(registry).decode()
+    assert "_created" not in text
+
+
+def test_without_models_every_family_is_still_described() -> None:
+    registry = CollectorRegistry()
+    registry.register(OrtserveCollector(lambda: [], lambda: []))
+    text = generate_latest(registry).decode()
+    for name, kind in ORTSERVE_FAMILIES.items():
+        assert f"# TYPE {name}{'_total' if kind == 'counter' else ''} {kind}" in text
+
+
+def test_triton_pending_count_is_the_queue_only() -> None:
+    registry = CollectorRegistry()
+    registry.register(StatsCollector(lambda: [("m", "1", ModelStats())], lambda: [("m", "1", Load(5, 3, 1))]))
+    assert value(registry, "nv_inference_pending_request_count", model="m", version="1") == 5
+    assert "# TYPE nv_inference_pending_request_count gauge" in generate_latest(registry).decode()
+
+
+# -- real traffic through the DataPlane ----------------------------------------------------------
+
+
+def lookup_model() -> onnx.ModelProto:
+    """INT64 idx [batch, 1] -> y = table[idx] (FP32): an index outside 0..3 fails the run itself."""
+    table = helper.make_tensor("table", TensorProto.FLOAT, [4], [10.0, 11.0, 12.0, 13.0])
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "idx"], ["y"], axis=0)],
+        "lookup",
+        [helper.make_tensor_value_info("idx", TensorProto.INT64, ["batch", 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])],
+        initializer=[table],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", models.OPSET)])
+    model.ir_version = models.IR_VERSION
+    return model
+
+
+def idx(*values: int) -> dict[str, np.ndarray]:
+    return {"idx": np.array(values, dtype=np.int64).reshape(-1, 1)}
+
+
+async def with_dataplane(repo: Path, body: Any) -> Any:
+    registry = ModelRegistry(repo, RuntimeOptions(device="cpu", intra_op_threads=1), default_max_batch_size=8)
+    await registry.load_all()
+    try:
+        return await body(registry, DataPlane(registry))
+    finally:
+        await registry.close(timeout_s=1.0)
+
+
+def collectors(registry: ModelRegistry) -> CollectorRegistry:
+    def batchers() -> Iterator[tuple[str, str, Any]]:
+        for m in registry.loaded():
+            yield m.name, m.version_str, m.batcher
+
+    metrics = CollectorRegistry()
+    metrics.register(OrtserveCollector(registry.stats, batchers))
+    metrics.register(StatsCollector(registry.stats, batchers))
+    return metrics
+
+
+def snapshot(metrics: CollectorRegistry) -> CollectorRegistry:
+    """A registry holding what `metrics` exposes now."""
+    families = list(metrics.collect())
+
+    class Frozen(Collector):
+        def collect(self) -> Iterator[Metric]:
+            return iter(families)
+
+    frozen = CollectorRegistry()
+    frozen.register(Frozen())
+    return frozen
+
+
+def test_every_family_after_successes_of_known_batch_sizes_and_every_failure_reason(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    models.save(lookup_model(), repo, "lookup")
+
+    async def traffic(registry: ModelRegistry, dp: DataPlane) -> CollectorRegistry:
+        metrics = collectors(registry)
+        def request(inputs: dict[str, np.ndarray], **kw: Any) -> InferRequest:
+            return InferRequest("lookup", "", "r", inputs, **kw)
+
+        for i in range(3):  # one at a time: three executions of 1 row
+            response = await dp.infer(request(idx(i)))
+            assert response.outputs[0][1].tolist() == [[10.0 + i]]
+        await dp.infer(request(idx(0, 1, 2, 3)))  # one execution of 4 rows
+        with pytest.raises(InvalidInputError):  # REJECTED: a bad tensor
+            await dp.infer(request({"idx": np.zeros((1, 1), dtype=np.float32)}))
+        with pytest.raises(Exception, match="deadline"):  # REJECTED: the deadline has passed
+            await dp.infer(request(idx(0), deadline_ns=1))
+        with pytest.raises(Exception, match="batch execution failed|out of|indices"):  # BACKEND: the run fails
+            await dp.infer(request(idx(99)))
+        task = asyncio.create_task(dp.infer(request(idx(0))))
+        await asyncio.sleep(0)  # it is queued, awaiting its slice
+        task.cancel()  # CANCELED: the client went away
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        model = registry.get("lookup")
+
+        async def broken(*args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("not an ortserve error")
+
+        monkeypatch.setattr(model, "infer", broken)
+        with pytest.raises(RuntimeError):  # OTHER
+            await dp.infer(request(idx(0)))
+        return snapshot(metrics)  # before the models unload
+
+    metrics = asyncio.run(with_dataplane(repo, traffic))
+    labels = {"model": "lookup", "version": "1"}
+    # ortserve_*
+    assert value(metrics, "ortserve_requests_total", **labels) == 4 + 5
+    failures = {
+        s.labels["reason"]: s.value for s in families_of(metrics)["ortserve_request_failures"].samples
+    }
+    assert failures == {"REJECTED": 2, "BACKEND": 1, "CANCELED": 1, "OTHER": 1}
+    assert value(metrics, "ortserve_inference_rows_total", **labels) == 7
+    for family in ("ortserve_request_duration_seconds", "ortserve_queue_duration_seconds"):
+        assert value(metrics, f"{family}_count", **labels) == 4  # successes only
+        assert (value(metrics, f"{family}_sum", **labels) or 0) > 0
+    assert value(metrics, "ortserve_compute_duration_seconds_count", **labels) == 4  # executions that ran
+    assert value(metrics, "ortserve_batch_size_count", **labels) == 4
+    assert value(metrics, "ortserve_batch_size_sum", **labels) == 7
+    assert value(metrics, "ortserve_batch_size_bucket", le="1.0", **labels) == 3
+    assert value(metrics, "ortserve_batch_size_bucket", le="2.0", **labels) == 3
+    assert value(metrics, "ortserve_batch_size_bucket", le="4.0", **labels) == 4
+    assert value(metrics, "ortserve_pending_requests_per_instance", **labels) == 0
+    # Triton's, from the same counters
+    assert value(metrics, "nv_inference_request_success", **labels) == 4
+    assert value(metrics, "nv_inference_count", **labels) == 7
+    assert value(metrics, "nv_inference_exec_count", **labels) == 4
+    for reason, count in failures.items():
+        assert value(metrics, "nv_inference_request_failure", reason=reason, **labels) == count
+    assert value(metrics, "nv_inference_pending_request_count", **labels) == 0
+    for family in ("request", "queue", "compute_input", "compute_infer", "compute_output"):
+        name = f"nv_inference_{family}_duration_us"
+        assert value(metrics, name, **labels) is not None, name
+
+
+def test_pending_requests_per_instance_rises_while_requests_wait(repo: Path) -> None:
+    models.save(models.slow_matmul(), repo, "slow")
+
+    async def traffic(registry: ModelRegistry, dp: DataPlane) -> tuple[float, float, float]:
+        metrics = collectors(registry)
+        x = np.ones((1, 1024), dtype=np.float32)
+        tasks = [asyncio.create_task(dp.infer(InferRequest("slow", "", str(i), {"x": x}))) for i in range(12)]
+        batcher = registry.get("slow").batcher
+        for _ in range(200):
+            await asyncio.sleep(0.001)
+            if batcher.running_requests:
+                break
+        expected = (batcher.queued_requests + batcher.running_requests) / batcher.instances
+        seen = value(metrics, "ortserve_pending_requests_per_instance", model="slow", version="1")
+        await asyncio.gather(*tasks)
+        after = value(metrics, "ortserve_pending_requests_per_instance", model="slow", version="1")
+        assert seen is not None and after is not None
+        return expected, seen, after
+
+    expected, seen, after = asyncio.run(with_dataplane(repo, traffic))
+    assert seen == expected and seen >= 1
+    assert after == 0
+
+
+# -- the triton_metrics switch --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("triton", [True, False])
+def test_triton_metrics_switch_keeps_or_drops_every_nv_family(repo: Path, triton: bool) -> None:
+    metrics = CollectorRegistry()
+    OrtServer(ServerSettings(model_repository=repo, triton_metrics=triton), metrics_registry=metrics)
+    names = set(families_of(metrics))
+    assert ("nv_inference_request_success" in names) is triton
+    assert ("nv_inference_pending_request_count" in names) is triton
+    assert not triton or all(n.startswith(("nv_", "ortserve_")) for n in names)
+    assert set(ORTSERVE_FAMILIES) <= names
+    assert any(n.startswith("ortserve_drift_") for n in names)
+
+
+# -- nv_gpu_* ------------------------------------------------------------------------------------
+
+
+def test_without_a_gpu_the_gpu_collector_yields_nothing() -> None:
+    # This machine has no NVIDIA driver: the real nvidia-ml-py raises NVMLError_LibraryNotFound.
+    collector = GpuCollector()
+    registry = CollectorRegistry()
+    registry.register(collector)
+    assert not collector.available
+    assert "nv_gpu" not in generate_latest(registry).decode()
+    assert "nv_gpu" not in generate_latest(registry).decode()  # remembered, not retried per scrape
+    collector.close()
+
+
+class FakeNVMLError(Exception):
+    pass
+
+
+def fake_nvml(power_supported: bool = True) -> Any:
+    """The slice of pynvml the collector uses: two GPUs, the second without power readings."""
+    calls = {"init": 0}
+
+    def init() -> None:
+        calls["init"] += 1
+
+    def power(handle: int) -> int:
+        if handle == 1 or not power_supported:
+            raise FakeNVMLError("Not Supported")
+        return 123_456  # mW
+
+    return SimpleNamespace(
+        NVMLError=FakeNVMLError,
+        calls=calls,
+        nvmlInit=init,
+        nvmlShutdown=lambda: None,
+        nvmlDeviceGetCount=lambda: 2,
+        nvmlDeviceGetHandleByIndex=lambda i: i,
+        nvmlDeviceGetUUID=lambda h: f"GPU-{h}aaa".encode() if h == 0 else f"GPU-{h}bbb",
+        nvmlDeviceGetMemoryInfo=lambda h: SimpleNamespace(total=85_899_345_920, used=1_073_741_824 * (h + 1)),
+        nvmlDeviceGetUtilizationRates=lambda h: SimpleNamespace(gpu=37 + h),
+        nvmlDeviceGetPowerUsage=power,
+        nvmlDeviceGetPowerManagementLimit=lambda h: 700_000,
+    )
+
+
+def test_gpu_families_per_uuid_in_triton_units_as_plain_decimals() -> None:
+    nvml = fake_nvml()
+    registry = CollectorRegistry()
+    registry.register(GpuCollector(nvml))
+    text = exposition(registry).decode()  # what /metrics serves
+    g0, g1 = {"gpu_uuid": "GPU-0aaa"}, {"gpu_uuid": "GPU-1bbb"}
+    assert value(registry, "nv_gpu_utilization", **g0) == 0.37
+    assert value(registry, "nv_gpu_utilization", **g1) == 0.38
+    assert value(registry, "nv_gpu_memory_total_bytes", **g0) == 85_899_345_920
+    assert value(registry, "nv_gpu_memory_used_bytes", **g1) == 2_147_483_648
+    assert value(registry, "nv_gpu_power_usage", **g0) == 123.456
+    assert value(registry, "nv_gpu_power_usage", **g1) is None  # not supported: left out, the rest kept
+    assert value(registry, "nv_gpu_power_limit", **g1) == 700.0
+    assert 'nv_gpu_memory_total_bytes{gpu_uuid="GPU-0aaa"} 85899345920' in text.splitlines()  # no exponent
+    assert "e+" not in text and "e+10" in generate_latest(registry).decode()  # prometheus_client's own would
+    assert nvml.calls["init"] == 1
+
+
+# -- the /metrics text ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("written", "expected"),
+    [(b"8.589934592e+10", b"85899345920"), (b"1.234567e+06", b"1234567"), (b"1e-05", b"0.00001"),
+     (b"3.0", b"3.0"), (b"+Inf", b"+Inf"), (b"NaN", b"NaN")],
+)
+def test_values_are_rewritten_as_plain_decimals(written: bytes, expected: bytes) -> None:
+    assert plain(written) == expected
+
+
+def test_exposition_keeps_everything_but_the_exponents() -> None:
+    stats = ModelStats()
+    stats.record_success(1, 2_500_000_000_000, 0, 0, 0, 0)  # 2.5e9 us in nv_inference_request_duration_us
+    registry = CollectorRegistry()
+    registry.register(StatsCollector(lambda: [("m", "1", stats)]))
+    ours, theirs = exposition(registry).decode(), generate_latest(registry).decode()
+    assert 'nv_inference_request_duration_us{model="m",version="1"} 2500000000' in ours.splitlines()
+    assert "2.5e+09" in theirs
+    parsed = {s.name: s.value for f in text_string_to_metric_families(ours) for s in f.samples}
+    assert parsed == {s.name: s.value for f in text_string_to_metric_families(theirs) for s in f.samples}
+
+
+def test_metrics_app_serves_text_and_gzip() -> None:
+    import gzip
+
+    registry = CollectorRegistry()
+    registry.register(StatsCollector(lambda: [("m", "1", ModelStats())]))
+    app = metrics_app(registry)
+    answers: list[tuple[str, dict[str, str]]] = []
+
+    def start(status: str, headers: list[tuple[str, str]]) -> None:
+        answers.append((status, dict(headers)))
+
+    body = b"".join(app({"REQUEST_METHOD": "GET"}, start))
+    assert answers[-1][0] == "200 OK" and answers[-1][1]["Content-Type"].startswith("text/plain; version=0.0.4")
+    zipped = b"".join(app({"REQUEST_METHOD": "GET", "HTTP_ACCEPT_ENCODING": "gzip, deflate"}, start))
+    assert answers[-1][1]["Content-Encoding"] == "gzip" and gzip.decompress(zipped) == body
+    assert b"nv_inference_count" in body
+    b"".join(app({"REQUEST_METHOD": "POST"}, start))
+    assert answers[-1][0].startswith("405")
