@@ -173,8 +173,13 @@ class OrtServer:
             await asyncio.sleep(s.drain_seconds)
         self.dataplane.refusing = True
         log.info("refusing new requests; finishing %d in flight", self.dataplane.in_flight)
+        # The grace period is for accepted inference: wait for it, then give the calls that never
+        # end on their own (a grpc.health Watch, an idle stream) one short grace, not the whole period.
+        deadline = asyncio.get_running_loop().time() + s.grace_seconds
+        while self.dataplane.in_flight and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
         if self._grpc is not None:
-            await self._grpc.stop(s.grace_seconds)
+            await self._grpc.stop(min(1.0, max(0.0, deadline - asyncio.get_running_loop().time())))
         await self.registry.close(timeout_s=1.0)
         if self._http is not None:
             await asyncio.to_thread(self._http.stop)
