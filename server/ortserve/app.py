@@ -3,8 +3,8 @@
 Start-up, in steps:
 1. Bind the gRPC port (inference + grpc.health.v1) and the HTTP side port, so that
    liveness answers while models load; readiness is false until step 3 is done.
-2. Load every model of the repository in worker threads (a broken model is reported,
-   the others serve).
+2. Load the models the control mode names (none, poll: all of them; explicit: load_model) in
+   worker threads (a broken model is reported, the others serve); poll mode then watches the repository.
 3. Report ready (V2 ServerReady, grpc.health SERVING, HTTP /v2/health/ready 200).
 
 Shutdown (SIGTERM), as DESIGN.md's contract:
@@ -49,6 +49,8 @@ from ortserve.protocol.codec import DecodeLimits
 from ortserve.protocol.interceptors import SecurityInterceptor
 from ortserve.protocol.tracing import ObservabilityInterceptor
 from ortserve.repository import ModelRegistry, ModelVersion
+from ortserve.repository.cache import ResponseCache
+from ortserve.repository.control import ModelControl
 from ortserve.runtime import RuntimeOptions
 from ortserve.security import AuditLog, SecurityConfigError, TlsFiles, build_policy, tls_files
 
@@ -96,8 +98,18 @@ class OrtServer:
             default_max_batch_size=settings.default_max_batch_size,
             default_latency_target_ms=settings.latency_target_ms,
             on_load=self._instrument,
+            cache=ResponseCache(settings.response_cache_bytes) if settings.response_cache_bytes else None,
+            require_validation=settings.require_validation,
         )
-        self.dataplane = DataPlane(self.registry, max_inflight_requests=settings.max_inflight_requests)
+        self.control = ModelControl(
+            self.registry,
+            settings.model_control_mode,
+            poll_seconds=settings.repository_poll_seconds,
+            startup_models=settings.load_model.split(","),
+        )
+        self.dataplane = DataPlane(
+            self.registry, max_inflight_requests=settings.max_inflight_requests, control=self.control
+        )
         self._register_collectors()
         self.grpc_port = -1
         self.http_port = -1
@@ -151,7 +163,7 @@ class OrtServer:
             f"{s.host}:{self.http_port}" if self._http else "off",
             self.repository,
         )
-        await self.registry.load_all()
+        await self.control.start()  # the models the control mode loads at start (then polling, if asked)
         if self._drift is not None:
             self._drift_task = asyncio.create_task(run_drift_schedule(self._drift_monitors, self._drift.interval_s))
         self.dataplane.started = True
@@ -167,6 +179,7 @@ class OrtServer:
         """Drain and stop (the shutdown contract in the module docstring)."""
         s = self.settings
         self.dataplane.draining = True
+        await self.control.close()
         await self._set_health(serving=False)
         if s.drain_seconds:
             log.info("draining: not ready, still serving for %.1f s", s.drain_seconds)

@@ -3,9 +3,11 @@
 `infer` is the request path, in steps:
 
 1. Refuse new work while draining (UNAVAILABLE, the client retries elsewhere).
-2. Find the ready model version (NOT_FOUND / UNAVAILABLE).
+2. Find the ready model version (NOT_FOUND / UNAVAILABLE): the one the request names, else the
+   one the model's version weights pick (canary), else the version policy's default.
 3. Check the tensors against its signature and the requested outputs (INVALID_ARGUMENT);
-   the tensors are already numpy views of the request bytes.
+   the tensors are already numpy views of the request bytes. When the version caches responses,
+   a hit answers here (the queue and the model skipped); a miss goes on and is cached in step 5.
 4. Submit to the model's batcher with the caller's deadline and the request's `priority` and
    `timeout` (microseconds) parameters, and await this request's slice of the batch outputs.
 5. Record the statistics once and return the outputs (views, encoded once at the edge).
@@ -34,6 +36,7 @@ from ortserve.errors import (
 from ortserve.observability import ModelStats
 from ortserve.observability.tracing import RequestSpan, current_request
 from ortserve.repository import IndexEntry, ModelRegistry, ModelVersion
+from ortserve.repository.control import ModelControl
 
 SERVER_NAME = "ortserve"
 
@@ -70,8 +73,12 @@ class InferResponse:
 class DataPlane:
     """Everything the servicers can ask of the server, with no transport in sight."""
 
-    def __init__(self, registry: ModelRegistry, *, max_inflight_requests: int = 0) -> None:
+    def __init__(
+        self, registry: ModelRegistry, *, max_inflight_requests: int = 0, control: ModelControl | None = None
+    ) -> None:
         self.registry = registry
+        self.control = control or ModelControl(registry)
+        """Answers load/unload requests as the model control mode allows."""
         self.max_inflight_requests = max_inflight_requests
         """Global bound on inference requests in flight (0 = none): beyond it, UNAVAILABLE at once."""
         self.started = False
@@ -122,16 +129,12 @@ class DataPlane:
         return [r for r in rows if r.state == "READY"] if ready_only else rows
 
     async def load_model(self, name: str, parameters: dict[str, Any]) -> None:
-        if parameters:
-            raise InvalidInputError(
-                f"load of model {name!r}: parameters {sorted(parameters)} are not supported yet "
-                "(config overrides arrive with model management); send none"
-            )
+        """Load or reload; `parameters` may carry Triton's "config" (JSON) and "file:<path>" (bytes)."""
         self._check_not_draining()
-        await self.registry.load(name)
+        await self.control.load(name, parameters)
 
     async def unload_model(self, name: str) -> None:
-        await self.registry.unload(name)
+        await self.control.unload(name)
 
     # -- inference ----------------------------------------------------------------------
 
@@ -148,11 +151,20 @@ class DataPlane:
                 f"server overloaded: {self.in_flight} inference requests in flight reached the bound "
                 f"max_inflight_requests={self.max_inflight_requests}; retry later or on another replica"
             )
-        model = self.registry.get(request.model_name, request.model_version)
+        model = self.registry.route(request.model_name, request.model_version)
         self.in_flight += 1
         try:
             inputs, rows = model.signature.check_inputs(request.inputs)
             names = model.signature.check_outputs(request.requested_outputs)
+            cache = model.cache
+            if cache is not None:
+                lookup_ns = monotonic_ns()
+                key = cache.key(inputs, names)
+                cached = cache.get(key)
+                lookup_ns = monotonic_ns() - lookup_ns
+                if cached is not None:  # a hit skips the queue and the model
+                    model.stats.record_cache_hit(monotonic_ns() - start_ns, lookup_ns)
+                    return InferResponse(model.name, model.version_str, request.id, list(cached))
             result = await model.infer(
                 inputs,
                 rows=rows,
@@ -181,9 +193,12 @@ class DataPlane:
             result.compute_output_ns,
         )
         outputs = result.outputs
-        return InferResponse(
-            model.name, model.version_str, request.id, [(name, outputs[name]) for name in names]
-        )
+        answer = [(name, outputs[name]) for name in names]
+        if cache is not None:
+            insert_ns = monotonic_ns()
+            cache.put(key, answer)
+            model.stats.cache_miss.add(lookup_ns + monotonic_ns() - insert_ns)
+        return InferResponse(model.name, model.version_str, request.id, answer)
 
     def _check_not_draining(self) -> None:
         if self.refusing:

@@ -375,13 +375,14 @@ def test_load_refuses_names_that_are_not_a_model_directory(own: tuple[RunningSer
     assert srv.stub.ModelReady(pb.ModelReadyRequest(name=name)).ready is False
 
 
-def test_load_with_parameters_is_refused(own: tuple[RunningServer, Path]) -> None:
+def test_load_with_an_unknown_parameter_is_refused(own: tuple[RunningServer, Path]) -> None:
+    # "config" and "file:..." are Triton's load parameters (tests/integration/test_model_management.py).
     srv, _ = own
     request = pb.RepositoryModelLoadRequest(model_name="scale")
-    request.parameters["config"].string_param = "{}"
+    request.parameters["bogus"].string_param = "{}"
     error = rpc_error(lambda: srv.stub.RepositoryModelLoad(request))
     assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
-    assert "parameters ['config'] are not supported" in error.details()
+    assert "unknown parameter 'bogus'" in error.details()
     _scale(srv.stub, 2.0)
 
 

@@ -61,6 +61,10 @@ class ModelStats:
     queue_duration: Histogram = field(default_factory=latency_histogram)
     compute_duration: Histogram = field(default_factory=latency_histogram)
     batch_rows: Histogram = field(default_factory=batch_size_histogram)
+    cache_hit: Duration = field(default_factory=Duration)
+    """Response-cache hits and their lookup time (the request counts in success, not in inference_count)."""
+    cache_miss: Duration = field(default_factory=Duration)
+    """Response-cache misses and their lookup + insert time."""
 
     def record_success(
         self,
@@ -81,6 +85,13 @@ class ModelStats:
         self.last_inference_ms = time.time_ns() // 1_000_000
         self.request_duration.observe(duration_ns)
         self.queue_duration.observe(queue_ns)
+
+    def record_cache_hit(self, duration_ns: int, lookup_ns: int) -> None:
+        """One request answered from the response cache (Triton: no queue, compute or inference_count)."""
+        self.success.add(duration_ns)
+        self.cache_hit.add(lookup_ns)
+        self.last_inference_ms = time.time_ns() // 1_000_000
+        self.request_duration.observe(duration_ns)
 
     def record_failure(self, duration_ns: int, reason: str) -> None:
         """One request failed; `reason` is a short label (REJECTED, CANCELED, BACKEND, OTHER)."""

@@ -51,6 +51,8 @@ def _model_statistics(name: str, version: str, s: ModelStats) -> pb.ModelStatist
             compute_input=_duration(s.compute_input),
             compute_infer=_duration(s.compute_infer),
             compute_output=_duration(s.compute_output),
+            cache_hit=_duration(s.cache_hit),
+            cache_miss=_duration(s.cache_miss),
         ),
         batch_stats=[
             pb.InferBatchStatistics(
