@@ -21,7 +21,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tests.deploy.recipe import ADAPTER, OVERLAYS, REPO, Dockerfile, render, render_overlay
 from tests.harness import RunningServer, serve_in_thread
 
-OUR_METRIC = re.compile(r"\b((?:ortserve|nv)_[a-z0-9_]+)\b")
+OUR_METRIC = re.compile(r"(?:ortserve|nv)_[a-z0-9_]+")
+IDENTIFIER = re.compile(r"[A-Za-z_:][A-Za-z0-9_:]*")
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count", "_created")
 
 
@@ -49,6 +50,11 @@ def _family(name: str, scraped: set[str]) -> bool:
     return any(name.endswith(s) and name[: -len(s)] in scraped for s in HISTOGRAM_SUFFIXES)
 
 
+def _metric_names(promql: str) -> set[str]:
+    """Our metric names in a PromQL expression; recording rules' level:metric:op names are not ours."""
+    return {name for name in IDENTIFIER.findall(promql) if OUR_METRIC.fullmatch(name)}
+
+
 def _used_metric_names() -> dict[str, set[str]]:
     """Every ortserve_* / nv_* name the autoscaling and alerting configuration refers to, by where."""
     used: dict[str, set[str]] = {}
@@ -59,15 +65,16 @@ def _used_metric_names() -> dict[str, set[str]]:
                 used.setdefault(metric["pods"]["metric"]["name"], set()).add(f"{name} HPA")
         for scaled in rendered.all("ScaledObject"):
             for trigger in scaled["spec"]["triggers"]:
-                for found in OUR_METRIC.findall(trigger["metadata"]["query"]):
+                for found in _metric_names(trigger["metadata"]["query"]):
                     used.setdefault(found, set()).add(f"{name} ScaledObject")
     config = yaml.safe_load(render(ADAPTER).one("ConfigMap", "ortserve-adapter-rules")["data"]["config.yaml"])
     for rule in config["rules"]:
-        for found in OUR_METRIC.findall(rule["seriesQuery"] + " " + rule["name"]["as"]):
+        for found in _metric_names(rule["seriesQuery"] + " " + rule["name"]["as"]):
             used.setdefault(found, set()).add("prometheus-adapter rules")
     # Prometheus alerting/recording rule files anywhere in the repository (the observability part ships them).
     tracked = subprocess.run(
-        ["git", "ls-files", "*.yml", "*.yaml"], cwd=REPO, capture_output=True, text=True, check=False
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "*.yml", "*.yaml"],
+        cwd=REPO, capture_output=True, text=True, check=False,
     ).stdout.split()
     for path in tracked:
         if path.startswith("k8s/"):
@@ -82,7 +89,7 @@ def _used_metric_names() -> dict[str, set[str]]:
                 groups = (doc.get("spec") or {}).get("groups") if isinstance(doc, dict) else None
             for group in groups or []:
                 for rule in group.get("rules", []) if isinstance(group, dict) else []:
-                    for found in OUR_METRIC.findall(str(rule.get("expr", ""))):
+                    for found in _metric_names(str(rule.get("expr", ""))):
                         used.setdefault(found, set()).add(path)
     return {k: v for k, v in used.items() if OUR_METRIC.fullmatch(k)}
 
