@@ -192,9 +192,22 @@ def test_unhonoured_fields_are_reported_by_path() -> None:
         "optimization.cuda.graphs",
         "optimization.cuda.busy_wait_events",
         "sequence_batching",
-        "model_warmup",
-        "response_cache",
     ]
+
+
+def test_model_warmup_and_response_cache_are_honoured() -> None:
+    config = parse(
+        """
+        model_warmup [ {
+          name: "typical" batch_size: 2 count: 3
+          inputs { key: "x" value: { data_type: TYPE_FP32 dims: [ 3 ] random_data: true } }
+          inputs { key: "y" value: { data_type: TYPE_INT64 dims: [ 1 ] input_data_file: "y.bin" } }
+          inputs { key: "z" value: { data_type: TYPE_BOOL dims: [ 1 ] zero_data: true } }
+        } ]
+        response_cache { enable: true }
+        """
+    )
+    assert unhonoured_fields(config) == []
 
 
 @pytest.mark.parametrize(
@@ -218,7 +231,8 @@ def test_each_unhonoured_field_alone(text: str, path: str) -> None:
 def test_every_unlisted_top_level_field_is_reported() -> None:
     # Reflection, not a list: set each message-typed top-level field the server ignores.
     ignored = {"optimization"}  # descended into, so an empty one reports nothing
-    honoured = {"version_policy", "dynamic_batching", "input", "output", "instance_group", "parameters"}
+    honoured = {"version_policy", "dynamic_batching", "input", "output", "instance_group", "parameters",
+                "model_warmup", "response_cache"}
     for field in mc.ModelConfig.DESCRIPTOR.fields:
         if field.message_type is None or field.name in honoured | ignored:
             continue

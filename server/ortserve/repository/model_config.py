@@ -128,6 +128,13 @@ HONOURED: Final[_Honoured] = {
     },
     # Keys are checked by the batching room, which owns their meaning.
     "parameters": None,
+    "model_warmup": {
+        "name": None,
+        "batch_size": None,
+        "inputs": {"data_type": None, "dims": None, "zero_data": None, "random_data": None, "input_data_file": None},
+        "count": None,
+    },
+    "response_cache": {"enable": None},
     # Nothing in `optimization` is honoured, but its knobs are independent features: descending
     # reports "optimization.cuda.graphs" rather than a bare, uninformative "optimization".
     "optimization": {"cuda": {}},
@@ -137,7 +144,7 @@ HONOURED: Final[_Honoured] = {
 def unhonoured_fields(config: mc.ModelConfig) -> list[str]:
     """Dotted paths of the fields set in `config` that the server does not act on.
 
-    E.g. ["optimization.cuda.graphs", "input[0].reshape", "sequence_batching", "model_warmup"],
+    E.g. ["optimization.cuda.graphs", "input[0].reshape", "sequence_batching", "model_metrics"],
     in field-number order; an unhonoured field is reported once, not each field inside it.
     """
     found: list[str] = []
