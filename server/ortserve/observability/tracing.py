@@ -160,7 +160,7 @@ class RequestSpan:
         fields = {"model": self.model, "version": self.version, "request_id": self.request_id}
         if self.span is not None:
             ctx = self.span.get_span_context()
-            if ctx.is_valid:
+            if ctx.is_valid and ctx.trace_flags.sampled:  # an unsampled trace id leads nowhere
                 fields["trace_id"] = format(ctx.trace_id, "032x")
                 fields["span_id"] = format(ctx.span_id, "016x")
         return fields

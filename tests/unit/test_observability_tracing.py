@@ -1,0 +1,256 @@
+"""Tracing: configuration from OTEL_*, the request/queue/batch spans, and the gRPC interceptor.
+
+Spans go to an in-memory exporter; the interceptor is driven through its public
+`intercept_service` with a stand-in ServicerContext (no server, no ports).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+from opentelemetry.trace import SpanKind, StatusCode
+
+from ortserve.batching import BatchReport
+from ortserve.observability import RequestSpan, Tracing, current_request, tracing_from_env
+from ortserve.protocol.tracing import ObservabilityInterceptor
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+METHOD = "/inference.GRPCInferenceService/ModelInfer"
+
+
+@pytest.fixture
+def spans() -> tuple[Tracing, InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return Tracing(provider), exporter
+
+
+# -- configuration ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {},
+        {"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317"},
+        {"OTEL_SDK_DISABLED": "true", "OTEL_TRACES_EXPORTER": "console"},
+        {"OTEL_SERVICE_NAME": "only-a-name"},
+    ],
+)
+def test_tracing_is_off_unless_an_exporter_or_endpoint_is_named(environ: dict[str, str]) -> None:
+    assert tracing_from_env(environ) is None
+
+
+@pytest.mark.parametrize(
+    ("environ", "description"),
+    [
+        ({"OTEL_TRACES_EXPORTER": "console"}, "ParentBased{root:AlwaysOnSampler"),
+        (
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1", "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+             "OTEL_TRACES_SAMPLER_ARG": "0.01"},
+            "ParentBased{root:TraceIdRatioBased{0.01}",
+        ),
+        ({"OTEL_TRACES_EXPORTER": "console", "OTEL_TRACES_SAMPLER": "always_off"}, "AlwaysOffSampler"),
+        ({"OTEL_TRACES_EXPORTER": "console", "OTEL_TRACES_SAMPLER": "bogus"}, "ParentBased{root:AlwaysOnSampler"),
+    ],
+)
+def test_sampler_and_exporter_follow_the_otel_variables(environ: dict[str, str], description: str) -> None:
+    tracing = tracing_from_env(environ)
+    assert tracing is not None
+    try:
+        assert tracing.provider.sampler.get_description().startswith(description)
+        assert tracing.provider.resource.attributes["service.name"] in ("ortserve", "only-a-name")
+    finally:
+        tracing.shutdown()
+
+
+# -- spans of a request and of its batch -------------------------------------------------------
+
+
+def request_span(tracing: Tracing, request_id: str) -> RequestSpan:
+    return tracing.start_request("inference.GRPCInferenceService/ModelInfer", None, "m", "1", request_id)
+
+
+def test_queue_span_is_a_child_in_epoch_time(spans: tuple[Tracing, InMemorySpanExporter]) -> None:
+    tracing, exporter = spans
+    r = request_span(tracing, "a")
+    r.queued("m", "1", enqueued_ns=1_000_000, started_ns=3_000_000)
+    assert r.span is not None
+    r.span.end()
+    queue, server = exporter.get_finished_spans()
+    assert queue.name == "queue" and queue.parent is not None and queue.parent.span_id == server.context.span_id
+    assert queue.start_time == tracing.epoch_ns(1_000_000) and queue.end_time == tracing.epoch_ns(3_000_000)
+    assert queue.end_time - queue.start_time == 2_000_000
+    assert server.kind is SpanKind.SERVER and server.attributes["ortserve.request_id"] == "a"
+
+
+def test_batch_span_links_every_request_of_its_batch(spans: tuple[Tracing, InMemorySpanExporter]) -> None:
+    tracing, exporter = spans
+    requests = [request_span(tracing, str(i)) for i in range(3)]
+    observe = tracing.batch_observer("m", "1")
+    observe(BatchReport("m_1", 5, 10_000, 50_000, contexts=[*requests, None, object()]))
+    (batch,) = exporter.get_finished_spans()
+    assert batch.name == "batch" and batch.status.status_code is StatusCode.UNSET
+    assert [link.context.span_id for link in batch.links] == [r.span.get_span_context().span_id for r in requests]
+    assert batch.parent is not None and batch.parent.span_id == requests[0].span.get_span_context().span_id
+    assert dict(batch.attributes) == {
+        "ortserve.model": "m", "ortserve.version": "1", "ortserve.batch_size": 5, "ortserve.batch_requests": 5,
+    }
+    assert (batch.start_time, batch.end_time) == (tracing.epoch_ns(10_000), tracing.epoch_ns(50_000))
+
+
+def test_a_failed_batch_is_an_error(spans: tuple[Tracing, InMemorySpanExporter]) -> None:
+    tracing, exporter = spans
+    observe = tracing.batch_observer("m", "1")
+    observe(BatchReport("m_1", 1, 0, 1, contexts=[request_span(tracing, "x")], error=RuntimeError("boom")))
+    (batch,) = exporter.get_finished_spans()
+    assert batch.status.status_code is StatusCode.ERROR and batch.status.description == "boom"
+
+
+def test_no_batch_span_when_no_request_of_the_batch_is_sampled() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ALWAYS_OFF)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing = Tracing(provider)
+    r = request_span(tracing, "x")
+    r.queued("m", "1", 0, 1)
+    tracing.batch_observer("m", "1")(BatchReport("m_1", 1, 0, 1, contexts=[r]))
+    assert r.span is not None and not r.span.is_recording()
+    assert exporter.get_finished_spans() == ()
+    assert "trace_id" not in r.log_fields()
+
+
+# -- the interceptor ---------------------------------------------------------------------------------
+
+
+@dataclass
+class FakeContext:
+    """The part of grpc.aio.ServicerContext the interceptor reads."""
+
+    metadata: tuple[tuple[str, str], ...] = ()
+    status: grpc.StatusCode | None = None
+    message: str = ""
+    seen: list[Any] = field(default_factory=list)
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self.metadata
+
+    def code(self) -> grpc.StatusCode | None:
+        return self.status
+
+    def details(self) -> str:
+        return self.message
+
+
+@dataclass
+class Details:
+    method: str
+
+
+@dataclass
+class Message:
+    model_name: str = "m"
+    model_version: str = "1"
+    id: str = "req-7"
+
+
+@dataclass
+class Wire:  # like protocol.wire.WireInferRequest: the message inside
+    message: Message = field(default_factory=Message)
+
+
+def run_call(
+    interceptor: ObservabilityInterceptor, context: FakeContext, fail_with: grpc.StatusCode | None = None,
+    method: str = METHOD,
+) -> Any:
+    async def behaviour(request: Any, ctx: FakeContext) -> str:
+        ctx.seen.append(current_request())
+        if fail_with is not None:
+            ctx.status, ctx.message = fail_with, f"failed with {fail_with.name}"
+            raise RuntimeError("aborted")
+        return "ok"
+
+    async def main() -> Any:
+        async def continuation(details: Any) -> Any:
+            return grpc.unary_unary_rpc_method_handler(behaviour)
+
+        handler = await interceptor.intercept_service(continuation, Details(method))
+        return await handler.unary_unary(Wire(), context)
+
+    return asyncio.run(main())
+
+
+def test_server_span_parent_from_traceparent_and_current_request(spans: tuple[Tracing, InMemorySpanExporter]) -> None:
+    tracing, exporter = spans
+    context = FakeContext(metadata=(("traceparent", TRACEPARENT), ("x-other", "1")))
+    assert run_call(ObservabilityInterceptor(tracing), context) == "ok"
+    (span,) = exporter.get_finished_spans()
+    assert span.name == "inference.GRPCInferenceService/ModelInfer" and span.kind is SpanKind.SERVER
+    assert format(span.context.trace_id, "032x") == "0af7651916cd43dd8448eb211c80319c"
+    assert span.parent is not None and format(span.parent.span_id, "016x") == "b7ad6b7169203331"
+    assert span.attributes["ortserve.model"] == "m" and span.attributes["ortserve.request_id"] == "req-7"
+    assert span.attributes["rpc.grpc.status_code"] == 0 and span.status.status_code is StatusCode.UNSET
+    (current,) = context.seen
+    assert isinstance(current, RequestSpan) and current.request_id == "req-7" and current.span is not None
+    assert current_request() is None  # reset after the call
+
+
+SERVER_FAULTS = [grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                 grpc.StatusCode.UNKNOWN]
+CLIENT_FAULTS = [grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.CANCELLED,
+                 grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAUTHENTICATED,
+                 grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNIMPLEMENTED]
+
+
+@pytest.mark.parametrize("code", SERVER_FAULTS + CLIENT_FAULTS, ids=lambda c: c.name)
+def test_status_error_only_for_server_faults(
+    spans: tuple[Tracing, InMemorySpanExporter], code: grpc.StatusCode
+) -> None:
+    tracing, exporter = spans
+    with pytest.raises(RuntimeError):
+        run_call(ObservabilityInterceptor(tracing), FakeContext(), fail_with=code)
+    (span,) = exporter.get_finished_spans()
+    assert span.attributes["rpc.grpc.status_code"] == code.value[0]
+    expected = StatusCode.ERROR if code in SERVER_FAULTS else StatusCode.UNSET
+    assert span.status.status_code is expected
+
+
+def test_health_checks_are_not_traced(spans: tuple[Tracing, InMemorySpanExporter]) -> None:
+    tracing, exporter = spans
+    context = FakeContext()
+    run_call(ObservabilityInterceptor(tracing), context, method="/grpc.health.v1.Health/Check")
+    assert exporter.get_finished_spans() == () and context.seen == [None]
+
+
+def test_access_log_samples_one_call_in_n_with_its_fields(caplog: pytest.LogCaptureFixture) -> None:
+    interceptor = ObservabilityInterceptor(None, access_log_every=3)
+    with caplog.at_level(logging.INFO, logger="ortserve.access"):
+        for _ in range(6):
+            run_call(interceptor, FakeContext())
+        with pytest.raises(RuntimeError):
+            for _ in range(3):
+                run_call(interceptor, FakeContext(), fail_with=grpc.StatusCode.NOT_FOUND)
+    records = [r for r in caplog.records if r.name == "ortserve.access"]
+    assert len(records) == 2  # calls 3 and 6; the failing loop stopped at its first call
+    record = records[0]
+    assert record.getMessage().startswith("ModelInfer OK ")
+    assert record.__dict__["grpc_code"] == "OK" and record.__dict__["method"] == METHOD[1:]
+    assert record.__dict__["duration_ms"] >= 0
+
+
+def test_without_tracing_the_current_request_still_names_model_and_id() -> None:
+    context = FakeContext()
+    run_call(ObservabilityInterceptor(None, access_log_every=1), context)
+    (current,) = context.seen
+    assert isinstance(current, RequestSpan) and current.span is None
+    assert current.log_fields() == {"model": "m", "version": "1", "request_id": "req-7"}
