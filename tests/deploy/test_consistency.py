@@ -53,6 +53,11 @@ def _quantity(value: Any) -> float:
     return int(text[:-1]) / 1000 if text.endswith("m") else float(text)
 
 
+def _bytes(value: str) -> int:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+    return int(value[:-2]) * units[value[-2:]] if value[-2:] in units else int(value)
+
+
 def _autoscaler_metric_names(overlay: Rendered) -> set[str]:
     names = set()
     for hpa in overlay.all("HorizontalPodAutoscaler"):
@@ -190,6 +195,12 @@ def test_model_repository_is_the_synced_volume(overlay: Rendered) -> None:
     assert repository in " ".join(sync["args"])
     source = next(s["configMapRef"]["name"] for s in sync["envFrom"] if "configMapRef" in s)
     assert overlay.config_map(source)["MODEL_SOURCE"]
+
+
+def test_the_disk_request_covers_the_volumes(overlay: Rendered) -> None:
+    sizes = [_bytes(v["emptyDir"]["sizeLimit"]) for v in overlay.pod["volumes"] if "emptyDir" in v]
+    assert len(sizes) == len(overlay.pod["volumes"]), "every emptyDir is bounded"
+    assert sum(sizes) <= _bytes(overlay.server["resources"]["requests"]["ephemeral-storage"])
 
 
 def test_intra_op_threads_fit_the_cpu_request(overlay: Rendered, tmp_path: Path) -> None:
