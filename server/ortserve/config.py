@@ -142,7 +142,9 @@ class ServerSettings:
         if self.event_loop not in EVENT_LOOPS:
             raise SettingsError(f"event_loop: expected one of {', '.join(EVENT_LOOPS)}, got {self.event_loop!r}")
         if self.max_inflight_requests < 0:
-            raise SettingsError(f"max_inflight_requests: expected >= 0 (0 = unbounded), got {self.max_inflight_requests}")
+            raise SettingsError(
+                f"max_inflight_requests: expected >= 0 (0 = unbounded), got {self.max_inflight_requests}"
+            )
         if self.max_tensor_elements < 1:
             raise SettingsError(f"max_tensor_elements: expected >= 1, got {self.max_tensor_elements}")
         for name in ("auth_jwt_leeway_seconds", "rate_limit_inference_per_s", "rate_limit_metadata_per_s",
