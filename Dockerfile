@@ -66,9 +66,11 @@ EXPOSE 8001 8002
 # The server drains on SIGTERM (not ready at once, serves for ORTSERVE_DRAIN_SECONDS, then finishes
 # accepted requests within ORTSERVE_GRACE_SECONDS): give `docker stop -t` at least their sum.
 STOPSIGNAL SIGTERM
-# The standard grpc.health.v1 service, as Kubernetes' native gRPC probe calls it (Kubernetes ignores
-# HEALTHCHECK; this is for Docker and Compose). SERVING once every model has loaded.
+# The project's own client: `ortserve-client health` asks ServerLive and ServerReady (open even with
+# authentication on; ready once every model has loaded, not ready from the first moment of SIGTERM) and
+# exits 0 only when both are true. Through sh, so that a changed ORTSERVE_GRPC_PORT is followed.
+# Kubernetes ignores HEALTHCHECK (it uses the pod's gRPC probes); this is for Docker and Compose.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=600s --retries=3 \
-  CMD ["python", "-c", "import os, sys, grpc; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; port = os.environ.get('ORTSERVE_GRPC_PORT') or '8001'; reply = g.HealthStub(grpc.insecure_channel('127.0.0.1:' + port)).Check(h.HealthCheckRequest(service='inference.GRPCInferenceService'), timeout=4); sys.exit(reply.status != h.HealthCheckResponse.SERVING)"]
+  CMD ["/bin/sh", "-c", "exec ortserve-client --url \"127.0.0.1:${ORTSERVE_GRPC_PORT:-8001}\" --timeout 4 health"]
 ENTRYPOINT ["ortserve"]
 CMD ["serve"]

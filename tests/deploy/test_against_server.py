@@ -1,6 +1,7 @@
 """The manifests and images against a real running server: the probes' health services answer
-SERVING, the Docker HEALTHCHECK command exits 0 (and 1 where nothing serves), and every ortserve
-metric name the autoscaling rules and alert rules use exists in a real /metrics scrape."""
+SERVING, the Docker HEALTHCHECK command (`ortserve-client health`) exits 0 (and 1 where nothing
+serves), and every ortserve metric name the autoscaling rules and alert rules use exists in a real
+/metrics scrape."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -122,13 +124,15 @@ def _free_port() -> int:
 @pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.gpu"])
 def test_the_healthcheck_command_exits_0_when_serving_and_1_otherwise(server: RunningServer, dockerfile: str) -> None:
     argv = json.loads(Dockerfile.read(REPO / dockerfile).runtime.one("HEALTHCHECK").partition("CMD ")[2])
-    argv[0] = sys.executable  # the image's `python` is its venv's
-    env = {**os.environ, "ORTSERVE_GRPC_PORT": str(server.server.grpc_port)}
+    scripts = Path(sys.executable).parent  # the image's PATH starts with its venv's bin, as this one does
+    assert (scripts / "ortserve-client").exists(), "pip install -e ./client (the ortserve-client console script)"
+    env = {**os.environ, "PATH": f"{scripts}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env["ORTSERVE_GRPC_PORT"] = str(server.server.grpc_port)
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30, check=False)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 0, done.stdout + done.stderr
     env["ORTSERVE_GRPC_PORT"] = str(_free_port())
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30, check=False)
-    assert done.returncode == 1, done.stderr
+    assert done.returncode == 1, done.stdout + done.stderr
 
 
 def test_every_metric_the_rules_use_exists_in_a_real_scrape(server: RunningServer) -> None:

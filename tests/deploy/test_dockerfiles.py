@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import json
+import math
 import re
+import shlex
 import shutil
 import subprocess
 import tomllib
@@ -12,7 +14,6 @@ from dataclasses import fields
 
 import pytest
 
-from ortserve.app import SERVICE_NAME
 from ortserve.config import DEVICES, ServerSettings, env_name
 from tests.deploy.recipe import REPO, Dockerfile, DockerIgnore, env_pairs, render_overlay
 
@@ -53,17 +54,19 @@ def test_exposed_ports_are_the_server_defaults(dockerfile: Dockerfile) -> None:
 
 
 @BOTH
-def test_healthcheck_calls_the_grpc_health_service_on_the_grpc_port(dockerfile: Dockerfile) -> None:
+def test_healthcheck_asks_the_projects_client_on_the_grpc_port(dockerfile: Dockerfile) -> None:
     options, _, command = dockerfile.runtime.one("HEALTHCHECK").partition("CMD ")
-    argv = json.loads(command)  # exec form: no shell in the way
-    assert argv[:2] == ["python", "-c"]
-    code = argv[2]
-    assert "grpc_health.v1" in code and ".Check(" in code
-    assert f"service='{SERVICE_NAME}'" in code
-    assert f"os.environ.get('{env_name('grpc_port')}') or '{DEFAULTS.grpc_port}'" in code
+    argv = json.loads(command)  # exec form; sh only to expand the port variable
+    assert argv[:2] == ["/bin/sh", "-c"]
+    words = shlex.split(argv[2])
+    assert words[:2] == ["exec", "ortserve-client"] and words[-1] == "health"
+    scripts = tomllib.loads((REPO / "client" / "pyproject.toml").read_text())["project"]["scripts"]
+    assert "ortserve-client" in scripts, "the client distribution's console script"
+    # The server's own default port, overridable exactly as the server's is (an empty variable = unset).
+    assert words[words.index("--url") + 1] == f"127.0.0.1:${{{env_name('grpc_port')}:-{DEFAULTS.grpc_port}}}"
+    timeout_s = float(words[words.index("--timeout") + 1])
+    assert f"--timeout={math.ceil(timeout_s) + 1}s" in options, "the call's deadline ends before Docker's"
     assert "--start-period=" in options, "model load must not count as unhealthy"
-    # The probe the manifests use asks the same service.
-    assert render_overlay("gpu").server["readinessProbe"]["grpc"]["service"] == SERVICE_NAME
 
 
 @BOTH
