@@ -18,7 +18,8 @@ loop keeps answering health checks meanwhile.
    its previous incarnation serving, with the failure as its reason in the index.
 3. Swap: one assignment puts the new set of versions and its router in place, so a request
    sees either the old set or the new one, never a mix. Versions no longer served then close:
-   their queued and running requests finish first.
+   their queued and running requests finish first. If a version failed, the load still reports
+   it as failed (ModelLoadError naming each version), after the versions that did load took over.
 """
 
 from __future__ import annotations
@@ -172,7 +173,7 @@ class ModelRegistry:
                     staging = await asyncio.to_thread(stage_upload, name, files)
                 source_dir = model_dir if staging is None else staging / name
                 source = await asyncio.to_thread(self._read_source, name, source_dir, config)
-                await self._load_versions(entry, source, old)
+                failures = await self._load_versions(entry, source, old)
             except ModelLoadError as exc:
                 entry.state, entry.reason = UNAVAILABLE, str(exc)
                 log.error("model %r failed to load: %s", name, exc)
@@ -194,6 +195,8 @@ class ModelRegistry:
             if old is not None:
                 kept = {id(v) for v in entry.versions.values()}
                 await self._close_versions([v for v in old.versions.values() if id(v) not in kept])
+            if failures:  # the versions that loaded serve; the request still learns what did not
+                raise ModelLoadError(f"model {name!r}: " + "; ".join(failures))
 
     async def unload(self, name: str) -> None:
         """Stop serving a model: refuse new requests, finish queued ones, free the sessions."""
@@ -354,8 +357,10 @@ class ModelRegistry:
                 raise
         return model
 
-    async def _load_versions(self, entry: _Model, source: _Source, old: _Model | None) -> None:
+    async def _load_versions(self, entry: _Model, source: _Source, old: _Model | None) -> list[str]:
+        """Steps 2 and 3 up to the swap; returns what failed among versions that did not stop the load."""
         name = entry.name
+        failures: list[str] = []
         previous = old.versions if old is not None else {}
         reuse = {
             v: previous[v]
@@ -392,8 +397,12 @@ class ModelRegistry:
                 kept.config = _with_routing(kept.config, source.config)
                 entry.versions[version], entry.keys[version] = kept, old.keys[version]
                 entry.notes[version] = f"the reload failed, the version loaded before keeps serving: {reason}"
+                failures.append(
+                    f"version {version} failed to reload (the version loaded before keeps serving): {reason}"
+                )
             else:
                 entry.failed_versions[version] = reason
+                failures.append(f"version {version} failed to load: {reason}")
         if not entry.versions:
             raise ModelLoadError(
                 f"model {name!r}: no version could be loaded: "
@@ -409,6 +418,7 @@ class ModelRegistry:
             log.info("model %r: requests naming no version go to %s", name, ", ".join(
                 f"version {v} ({entry.router.share(v):.0%})" for v in sorted(routing.weights)))
         entry.state, entry.reason = READY, ""
+        return failures
 
     async def _close_versions(self, versions: list[ModelVersion], timeout_s: float | None = None) -> None:
         await asyncio.gather(*(v.close(timeout_s) for v in versions))
