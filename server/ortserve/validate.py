@@ -203,7 +203,7 @@ def _batch_sizes(text: str, model: ModelVersion, rows: int) -> list[int]:
             raise DataError(f"batch sizes {bad} are outside 1..{limit} (the model's max_batch_size)")
     else:
         sizes = sorted({1, limit, *model.config.dynamic_batching.preferred_batch_size})
-    return [s for s in sizes if s <= rows] or [min(sizes)]
+    return sorted({min(s, rows) for s in sizes})  # more than the data holds: all of it at once
 
 
 def _run_at(model: ModelVersion, inputs: dict[str, Array], rows: int, size: int, repeats: int) -> tuple[
@@ -267,8 +267,11 @@ def _max_difference(reference: dict[str, Array], outputs: dict[str, Array]) -> f
     for key, expected in reference.items():
         got = outputs[key]
         if expected.dtype.kind in "fciub" and got.shape == expected.shape:
-            diff = np.abs(got.astype(np.float64) - expected.astype(np.float64))
-            worst = max(worst, float(np.nanmax(diff)) if diff.size else 0.0)
+            a, b = got.astype(np.float64), expected.astype(np.float64)
+            same = (a == b) | (np.isnan(a) & np.isnan(b))  # NaN in both: no difference
+            with np.errstate(invalid="ignore"):
+                diff = np.nan_to_num(np.where(same, 0.0, np.abs(a - b)), nan=np.inf)
+            worst = max(worst, float(diff.max()) if diff.size else 0.0)
         elif not np.array_equal(got, expected):
             worst = math.inf
     return worst
