@@ -230,6 +230,9 @@ class ModelRegistry:
                 router = model.router
                 if router is not None:
                     return router.choose()
+                default = model.default
+                if default is not None and model.state == READY:  # get()'s answer, without its second lookup
+                    return model.versions[default]
         return self.get(name, version)
 
     def get(self, name: str, version: str = "") -> ModelVersion:
