@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -197,19 +198,20 @@ def test_jwks_keys_are_chosen_by_kid_and_reloaded(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("token_claims", "options", "message"),
     [
-        (claims(exp=int(time.time()) - 120), {}, "it has expired"),
-        (claims(nbf=int(time.time()) + 120), {}, "it is not valid yet"),
-        (claims(iss="https://evil"), {"issuer": "https://issuer"}, "the issuer is not 'https://issuer'"),
-        (claims(aud="other"), {"audience": "ortserve"}, "the audience should be 'ortserve'"),
-        (claims(aud="ortserve"), {}, "the audience should be absent"),
-        (claims(exp=None), {}, "the 'exp' claim is missing"),
-        (claims(sub=None), {}, "the 'sub' claim is missing"),
+        (lambda: claims(exp=int(time.time()) - 120), {}, "it has expired"),
+        (lambda: claims(nbf=int(time.time()) + 120), {}, "it is not valid yet"),
+        (lambda: claims(iss="https://evil"), {"issuer": "https://issuer"}, "the issuer is not 'https://issuer'"),
+        (lambda: claims(aud="other"), {"audience": "ortserve"}, "the audience should be 'ortserve'"),
+        (lambda: claims(aud="ortserve"), {}, "the audience should be absent"),
+        (lambda: claims(exp=None), {}, "the 'exp' claim is missing"),
+        (lambda: claims(sub=None), {}, "the 'sub' claim is missing"),
     ],
 )
 def test_jwt_claim_failures(
-    tmp_path: Path, token_claims: dict[str, Any], options: dict[str, Any], message: str
+    tmp_path: Path, token_claims: Callable[[], dict[str, Any]], options: dict[str, Any], message: str
 ) -> None:
-    token = jwt.encode(token_claims, SECRET, "HS256")
+    # Claims are made when the test runs, not when it is collected: times are relative to now.
+    token = jwt.encode(token_claims(), SECRET, "HS256")
     text = reject(hs_verifier(tmp_path, leeway_s=30, **options).verify, token)
     assert message in text and token not in text
 
