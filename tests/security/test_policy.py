@@ -385,3 +385,26 @@ def test_audit_entries_are_json_lines_in_the_file_and_on_the_logger(
     ]
     assert lines[0]["parameters"] == ["config"] and lines[0]["time"].endswith("+00:00")
     assert [json.loads(r.getMessage())["who"] for r in caplog.records] == ["key:ci", "jwt:bob"]
+
+
+def test_a_verified_token_is_remembered_briefly_and_never_past_its_expiry(tmp_path: Path) -> None:
+    key, replacement = pki.ec_key(), pki.ec_key()
+    path = tmp_path / "jwks.json"
+    path.write_text(jwks(("k1", key, "ES256")))
+    now = [time.time()]
+    verifier = JwtVerifier(jwks_file=path, clock=lambda: now[0])
+    token = jwt.encode(claims(), key, "ES256", headers={"kid": "k1"})
+    assert verifier.verify(token).identity == "jwt:alice"
+    # The key is rotated out: the remembered token still passes for a while, then no longer.
+    path.write_text(jwks(("k2", replacement, "ES256")))
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
+    verifier._jwks._checked = -10.0  # type: ignore[union-attr]  # skip the one-second throttle
+    assert verifier.verify(token).identity == "jwt:alice"
+    now[0] += 31
+    assert "no verification key for key id 'k1'" in reject(verifier.verify, token)
+    # A token about to expire is remembered only until it does.
+    short = jwt.encode(claims(exp=int(time.time()) + 1), replacement, "ES256", headers={"kid": "k2"})
+    real = JwtVerifier(jwks_file=path)
+    assert real.verify(short).identity == "jwt:alice"
+    time.sleep(max(0.0, int(time.time()) + 1 - time.time()) + 1.05)
+    assert "expired" in reject(real.verify, short)
