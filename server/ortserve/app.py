@@ -126,8 +126,7 @@ class OrtServer:
         policy = build_policy(s)
         audit = AuditLog(s.audit_log_file) if policy is not None or s.audit_log_file is not None else None
         self._grpc = aio.server(
-            interceptors=self._observability_interceptors()
-            + ([SecurityInterceptor(policy, audit)] if audit is not None else []),
+            interceptors=[SecurityInterceptor(policy, audit)] if audit is not None else [],
             options=[
                 ("grpc.max_receive_message_length", s.max_message_bytes),
                 ("grpc.max_send_message_length", s.max_message_bytes),
@@ -136,7 +135,8 @@ class OrtServer:
             ]
         )
         add_inference_service(
-            InferenceServicer(self.dataplane, DecodeLimits(max_tensor_elements=s.max_tensor_elements)), self._grpc
+            self._observed(InferenceServicer(self.dataplane, DecodeLimits(max_tensor_elements=s.max_tensor_elements))),
+            self._grpc,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         await self._set_health(serving=False)
@@ -222,12 +222,13 @@ class OrtServer:
             assert self._gpu is not None
             registry.register(self._gpu)
 
-    def _observability_interceptors(self) -> list[aio.ServerInterceptor]:
+    def _observed(self, servicer: InferenceServicer) -> InferenceServicer:
+        """The servicer with a span per RPC and the access log, when either is on (else untouched)."""
         ratio = self.settings.access_log_ratio
         every = max(round(1 / ratio), 1) if ratio > 0 else 0
         if self.tracing is None and not every:
-            return []  # no interceptor: the request path pays nothing
-        return [ObservabilityInterceptor(self.tracing, every)]
+            return servicer  # the request path pays nothing
+        return ObservabilityInterceptor(self.tracing, every).instrument(servicer)
 
     async def _stop_observability(self) -> None:
         if self._drift_task is not None:

@@ -52,22 +52,32 @@ def test_tracing_is_off_unless_an_exporter_or_endpoint_is_named(environ: dict[st
 
 
 @pytest.mark.parametrize(
-    ("environ", "description"),
+    ("environ", "description", "root_ratio"),
     [
-        ({"OTEL_TRACES_EXPORTER": "console"}, "ParentBased{root:AlwaysOnSampler"),
+        ({"OTEL_TRACES_EXPORTER": "console"}, "ParentBased{root:AlwaysOnSampler", None),
         (
             {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1", "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
              "OTEL_TRACES_SAMPLER_ARG": "0.01"},
-            "ParentBased{root:TraceIdRatioBased{0.01}",
+            "ParentBased{root:AlwaysOnSampler",  # roots are sampled at 1 % before a span exists
+            0.01,
         ),
-        ({"OTEL_TRACES_EXPORTER": "console", "OTEL_TRACES_SAMPLER": "always_off"}, "AlwaysOffSampler"),
-        ({"OTEL_TRACES_EXPORTER": "console", "OTEL_TRACES_SAMPLER": "bogus"}, "ParentBased{root:AlwaysOnSampler"),
+        (
+            {"OTEL_TRACES_EXPORTER": "console", "OTEL_TRACES_SAMPLER": "traceidratio",
+             "OTEL_TRACES_SAMPLER_ARG": "0.5"},
+            "TraceIdRatioBased{0.5}",
+            None,
+        ),
+        ({"OTEL_TRACES_EXPORTER": "console", "OTEL_TRACES_SAMPLER": "always_off"}, "AlwaysOffSampler", None),
+        ({"OTEL_TRACES_EXPORTER": "console", "OTEL_TRACES_SAMPLER": "bogus"}, "ParentBased{root:AlwaysOnSampler", None),
     ],
 )
-def test_sampler_and_exporter_follow_the_otel_variables(environ: dict[str, str], description: str) -> None:
+def test_sampler_and_exporter_follow_the_otel_variables(
+    environ: dict[str, str], description: str, root_ratio: float | None
+) -> None:
     tracing = tracing_from_env(environ)
     assert tracing is not None
     try:
+        assert tracing.root_ratio == root_ratio
         assert tracing.provider.sampler.get_description().startswith(description)
         assert tracing.provider.resource.attributes["service.name"] in ("ortserve", "only-a-name")
     finally:
@@ -254,3 +264,20 @@ def test_without_tracing_the_current_request_still_names_model_and_id() -> None:
     (current,) = context.seen
     assert isinstance(current, RequestSpan) and current.span is None
     assert current.log_fields() == {"model": "m", "version": "1", "request_id": "req-7"}
+
+
+def test_roots_are_sampled_at_the_ratio_without_making_spans_for_the_others() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing = Tracing(provider, root_ratio=0.1)
+    requests = [request_span(tracing, str(i)) for i in range(4000)]
+    sampled = [r for r in requests if r.span is not None]
+    assert 300 < len(sampled) < 500  # 10 % of 4000, give or take
+    assert all(r.span is not None and r.span.is_recording() for r in sampled)
+    # a request with a caller's context follows the caller's decision, never the ratio
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    parent = TraceContextTextMapPropagator().extract({"traceparent": TRACEPARENT})
+    followed = [tracing.start_request("m", parent, "m", "1", "x") for _ in range(50)]
+    assert all(r.span is not None and r.span.is_recording() for r in followed)

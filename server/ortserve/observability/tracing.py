@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import time
 from collections.abc import Mapping
 from contextvars import ContextVar
@@ -67,9 +68,14 @@ def current_request() -> RequestSpan | None:
 class Tracing:
     """A tracer over one TracerProvider, and the clock offset for the batcher's times."""
 
-    def __init__(self, provider: TracerProvider, *, owns_provider: bool = True) -> None:
+    def __init__(
+        self, provider: TracerProvider, *, owns_provider: bool = True, root_ratio: float | None = None
+    ) -> None:
+        """`root_ratio`: sample this share of requests that arrive without a parent here, before
+        any span is made (the provider's sampler then samples every root it is asked about)."""
         self.provider = provider
         self.tracer = provider.get_tracer(TRACER_NAME, __version__)
+        self.root_ratio = root_ratio
         self._owns_provider = owns_provider
         # Taken once: the batcher's monotonic times become epoch times by one addition.
         self._offset_ns = time.time_ns() - time.monotonic_ns()
@@ -80,8 +86,15 @@ class Tracing:
     def start_request(
         self, name: str, parent: Any, model: str, version: str, request_id: str
     ) -> RequestSpan:
-        """Start a server span (parent: an OpenTelemetry Context, e.g. from the caller's metadata)."""
-        attributes: dict[str, str] = {}
+        """Start a server span (parent: an OpenTelemetry Context, e.g. from the caller's metadata).
+
+        An unsampled root gets no span at all: the SDK's non-recording span costs a few
+        microseconds (ids, sampler), most of what tracing at 1 % would cost each request.
+        """
+        if parent is None and self.root_ratio is not None and random.random() >= self.root_ratio:
+            return RequestSpan(model, version, request_id)
+        service, _, method = name.partition("/")
+        attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
         if model:
             attributes[MODEL] = model
         if version:
@@ -181,8 +194,10 @@ def _flag(environ: Mapping[str, str], name: str) -> bool:
     return environ.get(name, "").strip().lower() == "true"
 
 
-def _sampler(environ: Mapping[str, str]) -> Sampler:
-    """OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG, as the specification names them."""
+def _sampler(environ: Mapping[str, str]) -> tuple[Sampler, float | None]:
+    """OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG, as the specification names them, and the
+    root ratio that Tracing applies itself (parentbased_traceidratio: roots are sampled at the
+    ratio before a span exists, so the provider samples roots always and follows parents)."""
     name = environ.get("OTEL_TRACES_SAMPLER", "").strip().lower() or "parentbased_always_on"
     arg = environ.get("OTEL_TRACES_SAMPLER_ARG", "").strip()
     try:
@@ -200,8 +215,10 @@ def _sampler(environ: Mapping[str, str]) -> Sampler:
     }
     if name not in table:
         log.warning("OTEL_TRACES_SAMPLER=%r is not supported (%s); using parentbased_always_on", name, ", ".join(table))
-        return DEFAULT_ON
-    return table[name]
+        return DEFAULT_ON, None
+    if name == "parentbased_traceidratio":
+        return DEFAULT_ON, min(max(ratio, 0.0), 1.0)
+    return table[name], None
 
 
 def _exporters(environ: Mapping[str, str]) -> list[SpanExporter]:
@@ -238,14 +255,16 @@ def tracing_from_env(environ: Mapping[str, str] | None = None) -> Tracing | None
     resource = Resource.create({SERVICE_VERSION: __version__})
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
         resource = resource.merge(Resource({SERVICE_NAME: "ortserve"}))
-    provider = TracerProvider(sampler=_sampler(env), resource=resource, shutdown_on_exit=False)
+    sampler, root_ratio = _sampler(env)
+    provider = TracerProvider(sampler=sampler, resource=resource, shutdown_on_exit=False)
     for exporter in exporters:
         processor: SpanProcessor = BatchSpanProcessor(exporter)
         provider.add_span_processor(processor)
     log.info(
-        "tracing on: %s, sampler %s, service %s",
+        "tracing on: %s, sampler %s%s, service %s",
         ", ".join(type(e).__name__ for e in exporters),
         provider.sampler.get_description(),
+        "" if root_ratio is None else f" with roots sampled at {root_ratio:g}",
         resource.attributes.get(SERVICE_NAME),
     )
-    return Tracing(provider)
+    return Tracing(provider, root_ratio=root_ratio)

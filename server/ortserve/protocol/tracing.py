@@ -1,7 +1,10 @@
 """The observability edge of the gRPC server: a server span per RPC and the sampled access log.
 
-`ObservabilityInterceptor` wraps each GRPCInferenceService method's handler once, on its
-first call (grpc.health is left alone), so that every call:
+`ObservabilityInterceptor.instrument(servicer)` wraps the servicer's GRPCInferenceService
+methods in place before they are registered (as a grpc.aio interceptor, `intercept_service`,
+it wraps each method's handler once, on its first call; the app uses `instrument`, because
+grpc.aio's interceptor chain costs each RPC more than the wrapping itself, about 20 us on the
+2-core machine, and grpc.health is left alone either way), so that every call:
 
 1. takes its parent from the caller's W3C `traceparent` (and `tracestate`, `baggage`) in the
    gRPC metadata, through the propagators OTEL_PROPAGATORS names (W3C by default);
@@ -14,8 +17,8 @@ first call (grpc.health is left alone), so that every call:
    `access_log_every` calls.
 
 `app` installs it only when tracing or the access log is on: otherwise the request path has
-no interceptor at all. It sits outermost, so a call refused by the security interceptor is
-traced and logged too.
+nothing of it at all. A call refused by the security interceptor never reaches the servicer
+and is neither traced nor access-logged (the audit log and the security log record it).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from time import monotonic_ns
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from grpc import aio
@@ -33,8 +36,10 @@ from opentelemetry.trace import Status, StatusCode
 
 from ortserve.observability import RequestSpan, Tracing
 from ortserve.protocol.status import status_of
+from ortserve_client.proto import grpc_service_pb2 as pb
 
 access_log = logging.getLogger("ortserve.access")
+S = TypeVar("S")
 
 SERVICE = "/inference.GRPCInferenceService/"
 SERVER_FAULTS = frozenset(
@@ -71,6 +76,15 @@ class ObservabilityInterceptor(aio.ServerInterceptor):  # type: ignore[misc]  # 
         self._calls = 0
         self._wrapped: dict[str, tuple[Any, Any]] = {}
 
+    def instrument(self, servicer: S) -> S:
+        """Wrap the servicer's GRPCInferenceService methods (instance attributes) and return it."""
+        for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
+            inner = getattr(servicer, method.name)
+            name = f"{SERVICE[1:]}{method.name}"
+            streaming = method.client_streaming and method.server_streaming
+            setattr(servicer, method.name, self._stream(inner, name) if streaming else self._unary(inner, name))
+        return servicer
+
     async def intercept_service(
         self, continuation: Callable[[Any], Awaitable[Any]], handler_call_details: Any
     ) -> Any:
@@ -98,13 +112,13 @@ class ObservabilityInterceptor(aio.ServerInterceptor):  # type: ignore[misc]  # 
         tracing = self._tracing
         if tracing is None:
             return RequestSpan(model, version, request_id)
-        carrier = {key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)}
-        parent = propagate.extract(carrier) if carrier else None
-        started = tracing.start_request(name, parent, model, version, request_id)
-        started.span.set_attributes(  # type: ignore[union-attr]
-            {"rpc.system": "grpc", "rpc.service": name.split("/")[0], "rpc.method": name.split("/")[1]}
-        )
-        return started
+        metadata = context.invocation_metadata() or ()
+        parent = None
+        for key, _ in metadata:
+            if key == "traceparent":  # extract (the propagators of OTEL_PROPAGATORS) only when there is a parent
+                parent = propagate.extract({k: v for k, v in metadata if isinstance(v, str)})
+                break
+        return tracing.start_request(name, parent, model, version, request_id)
 
     def _finish(
         self, name: str, request: RequestSpan, context: aio.ServicerContext, failure: BaseException | None,
@@ -112,7 +126,7 @@ class ObservabilityInterceptor(aio.ServerInterceptor):  # type: ignore[misc]  # 
     ) -> None:
         code = _code_of(context, failure)
         span = request.span
-        if span is not None:
+        if span is not None and span.is_recording():
             span.set_attribute("rpc.grpc.status_code", code.value[0])
             if code in SERVER_FAULTS:
                 span.set_status(Status(StatusCode.ERROR, str(context.details() or code.name)))
