@@ -358,3 +358,23 @@ def test_audit_without_authentication_names_the_peer_and_leaves_inference_alone(
         server.extra["audit"] = path
         entries = audit_entries(server)
     assert [(e["who"], e["action"], e["result"]) for e in entries] == [("peer:ipv4:127.0.0.1", "unload", "OK")]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--tls-cert", "server.pem"], "tls_cert and tls_key go together: give both or neither"),
+        (["--auth-api-keys-file", "missing.toml"], "auth_api_keys_file missing.toml: cannot read it"),
+    ],
+)
+def test_bad_security_settings_stop_the_server_at_start(repo: Path, flags: list[str], message: str) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "ortserve", "serve", "--model-repository", str(repo), "--grpc-port", "0",
+         "--http-port", "-1", *flags],
+        capture_output=True, text=True, timeout=60, cwd=repo,
+    )
+    assert done.returncode == 1
+    assert message in done.stderr
