@@ -16,7 +16,6 @@ from ortserve.dtypes import DType
 from ortserve.errors import InvalidInputError, ModelLoadError
 from ortserve_client.proto import model_config_pb2 as mc
 
-
 REJECT_NONFINITE_PARAMETER = "reject_nonfinite"
 """Model config parameter: "true" refuses NaN and Inf in floating-point inputs."""
 
