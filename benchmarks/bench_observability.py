@@ -1,0 +1,329 @@
+"""What observability costs: throughput with metrics + tracing (1 % sampled) against both off.
+
+    python -m benchmarks.bench_observability [--rounds 5] [--requests 3000] [--concurrency 8]
+
+Two ortserve servers run side by side in subprocesses on one tiny, RPC-bound model (the worst
+case for per-request overhead: the model itself costs almost nothing):
+
+- off: histogram observations patched out, triton_metrics off, no OTEL_* variables (no
+  tracing, servicer untouched), nobody scrapes /metrics;
+- on:  everything as shipped, tracing on with OTEL_TRACES_SAMPLER=parentbased_traceidratio at 0.01 and the
+  real OTLP/gRPC exporter sending to a receiver in this process, and /metrics scraped every
+  second (harsher than Prometheus' usual 15 s).
+
+Triton's perf_analyzer (C++, so the load generator takes little of the 2 cores; installed by
+.ci/setup-perf-analyzer.sh, or $PERF_ANALYZER) drives each in turn, closed loop, async, one-row
+requests, count windows. Rounds alternate which server goes first. Reported: inferences/s per
+mode as median [min - max], the on/off ratio per round, whose median must be >= 0.95, and the
+server's CPU time per request (from /proc), which a machine shared with other work disturbs
+far less than throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+PERF_ANALYZER = ROOT / ".ci" / "venvs" / "perf-analyzer" / "bin" / "perf_analyzer_wrapped"
+MODEL = "add_sub"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def write_model(repo: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    dims = ["batch", 16]
+    graph = helper.make_graph(
+        [
+            helper.make_node("Add", ["INPUT0", "INPUT1"], ["OUTPUT0"]),
+            helper.make_node("Sub", ["INPUT0", "INPUT1"], ["OUTPUT1"]),
+        ],
+        MODEL,
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, dims) for n in ("INPUT0", "INPUT1")],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, dims) for n in ("OUTPUT0", "OUTPUT1")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    (repo / MODEL / "1").mkdir(parents=True)
+    onnx.save(model, str(repo / MODEL / "1" / "model.onnx"))
+
+
+# -- the servers -------------------------------------------------------------------------------------
+
+
+def child(mode: str, repo: str, grpc_port: int, http_port: int) -> int:
+    """Run one server (in a subprocess): `off` patches the histogram observations out."""
+    from ortserve.app import serve
+    from ortserve.config import ServerSettings
+
+    if mode == "off":
+        from ortserve.observability.histograms import Histogram
+
+        def observe(self: Histogram, value: int) -> None:
+            pass
+
+        Histogram.observe = observe  # type: ignore[method-assign]
+    settings = ServerSettings(
+        model_repository=Path(repo),
+        host="127.0.0.1",
+        grpc_port=grpc_port,
+        http_port=http_port,
+        triton_metrics=mode != "off",
+        log_level="warning",
+        drift_interval_seconds=0,
+    )
+    return serve(settings)
+
+
+class Server:
+    def __init__(self, mode: str, repo: Path, otlp_port: int) -> None:
+        self.mode = mode
+        self.grpc_port, self.http_port = free_port(), free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+        if mode in ("on", "tracing"):
+            env.update(
+                OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{otlp_port}",
+                OTEL_EXPORTER_OTLP_INSECURE="true",
+                OTEL_TRACES_SAMPLER="parentbased_traceidratio",
+                OTEL_TRACES_SAMPLER_ARG="0.01",
+            )
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.bench_observability",
+                "--child",
+                mode,
+                str(repo),
+                str(self.grpc_port),
+                str(self.http_port),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/v2/health/ready", timeout=2):
+                    break
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"server {mode} did not start: {self.process.stderr.read()}") from None
+                time.sleep(0.2)
+
+    def cpu_s(self) -> float:
+        """CPU time (user + system) the server process has used so far."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def requests(self) -> float:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/metrics", timeout=5) as response:
+            for line in response.read().decode().splitlines():
+                if line.startswith("ortserve_requests_total{"):
+                    return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(60)
+
+
+class Scraper:
+    """GETs /metrics every `interval_s` while running (what Prometheus does, more often)."""
+
+    def __init__(self, port: int, interval_s: float = 1.0) -> None:
+        self.url = f"http://127.0.0.1:{port}/metrics"
+        self.interval_s = interval_s
+        self.scrapes = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> Scraper:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            with urllib.request.urlopen(self.url, timeout=5) as response:
+                response.read()
+            self.scrapes += 1
+
+
+def otlp_receiver() -> tuple[Any, int, list[int]]:
+    """A TraceService that counts and drops spans."""
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+    received = [0]
+
+    class Sink(trace_service_pb2_grpc.TraceServiceServicer):
+        def Export(self, request: Any, context: Any) -> Any:
+            received[0] += sum(len(s.spans) for r in request.resource_spans for s in r.scope_spans)
+            return trace_service_pb2.ExportTraceServiceResponse()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Sink(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, port, received
+
+
+# -- the load -------------------------------------------------------------------------------------------
+
+
+def perf_analyzer_path() -> Path:
+    path = Path(os.environ.get("PERF_ANALYZER") or PERF_ANALYZER)
+    if not os.access(path, os.X_OK):
+        raise SystemExit(
+            f"perf_analyzer not found at {path}: run `bash .ci/setup-perf-analyzer.sh` or set PERF_ANALYZER"
+        )
+    return path
+
+
+def measure_server(path: Path, server: Server, concurrency: int, requests: int) -> tuple[float, float]:
+    """(inferences/s, server CPU microseconds per request) of one perf_analyzer run."""
+    cpu, count = server.cpu_s(), server.requests()
+    rate = measure(path, server.grpc_port, concurrency, requests)
+    cpu, count = server.cpu_s() - cpu, server.requests() - count
+    return rate, cpu / max(count, 1) * 1e6
+
+
+def measure(path: Path, grpc_port: int, concurrency: int, requests: int) -> float:
+    """Inferences/s of three merged count windows of `requests` each."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "pa.csv"
+        command = [
+            str(path),
+            "-m",
+            MODEL,
+            "-i",
+            "grpc",
+            "-u",
+            f"127.0.0.1:{grpc_port}",
+            "-b",
+            "1",
+            "--async",
+            "--concurrency-range",
+            f"{concurrency}:{concurrency}",
+            "--measurement-mode",
+            "count_windows",
+            "--measurement-request-count",
+            str(requests),
+            "-s",
+            "100000",
+            "-r",
+            "3",
+            "--max-threads",
+            "4",
+            "-f",
+            str(out),
+        ]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        if done.returncode != 0 or not out.exists():
+            raise RuntimeError(f"perf_analyzer failed: {(done.stdout + done.stderr)[-2000:]}")
+        with out.open() as f:
+            return float(next(csv.DictReader(f))["Inferences/Second"])
+
+
+def spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.1f} [{min(values):.1f} - {max(values):.1f}]"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--requests", type=int, default=3000, help="requests per count window")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument(
+        "--child", nargs=4, metavar=("MODE", "REPO", "GRPC_PORT", "HTTP_PORT"), help=argparse.SUPPRESS
+    )
+    args = parser.parse_args(argv)
+    if args.child:
+        mode, repo, grpc_port, http_port = args.child
+        return child(mode, repo, int(grpc_port), int(http_port))
+
+    path = perf_analyzer_path()
+    receiver, otlp_port, received = otlp_receiver()
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = Path(tmp)
+        write_model(repo)
+        servers = {mode: Server(mode, repo, otlp_port) for mode in ("off", "on")}
+        try:
+            for server in servers.values():  # warm-up: first calls pay one-time costs
+                measure(path, server.grpc_port, args.concurrency, 500)
+            results: dict[str, list[float]] = {"off": [], "on": []}
+            cpu: dict[str, list[float]] = {"off": [], "on": []}
+            ratios: list[float] = []
+            cpu_ratios: list[float] = []
+            scraper = Scraper(servers["on"].http_port)
+            for round_ in range(args.rounds):
+                order = ("off", "on") if round_ % 2 == 0 else ("on", "off")
+                got: dict[str, float] = {}
+                used: dict[str, float] = {}
+                for mode in order:
+                    if mode == "on":
+                        with scraper:
+                            got[mode], used[mode] = measure_server(path, servers[mode], args.concurrency, args.requests)
+                    else:
+                        got[mode], used[mode] = measure_server(path, servers[mode], args.concurrency, args.requests)
+                    results[mode].append(got[mode])
+                    cpu[mode].append(used[mode])
+                ratios.append(got["on"] / got["off"])
+                cpu_ratios.append(used["off"] / used["on"])
+                print(
+                    f"round {round_ + 1}: off {got['off']:.1f}/s {used['off']:.0f} us CPU/request, "
+                    f"on {got['on']:.1f}/s {used['on']:.0f} us CPU/request, ratio {ratios[-1]:.3f}",
+                    flush=True,
+                )
+        finally:
+            for server in servers.values():
+                server.stop()
+            receiver.stop(0)
+    print(f"off (no histograms, no tracing, no scrape): {spread(results['off'])} inferences/s")
+    print(f"on  (metrics scraped 1/s, tracing 1 %):     {spread(results['on'])} inferences/s")
+    print(
+        f"on/off ratio per round: {statistics.median(ratios):.3f} [{min(ratios):.3f} - {max(ratios):.3f}]; "
+        f"spans exported: {received[0]}, scrapes: {scraper.scrapes}"
+    )
+    print(
+        f"server CPU per request: off {spread(cpu['off'])} us, on {spread(cpu['on'])} us; "
+        f"capacity ratio (off CPU / on CPU) {statistics.median(cpu_ratios):.3f} "
+        f"[{min(cpu_ratios):.3f} - {max(cpu_ratios):.3f}]"
+    )
+    ok = statistics.median(ratios) >= 0.95
+    print("PASS: within 5 %" if ok else "FAIL: more than 5 % slower")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
