@@ -1,7 +1,7 @@
 """W3C trace context: injected when OpenTelemetry is importable and a span is active.
 
-The server's half (its spans joining the caller's trace) arrives with the observability issue;
-here the metadata the server receives is checked on a scripted server.
+The metadata is checked on a scripted server; the whole trip on a real ortserve whose spans go
+to an in-memory exporter: its server span is a child of the client's span, in the same trace.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,8 +17,13 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+import ortserve.app
+from ortserve.observability import Tracing
 from ortserve_client import AsyncInferenceClient, InferenceClient, tracing
+from tests import models
 from tests.client.scripted import scripted_server
+from tests.harness import serve_in_thread
+from tests.wire import wait_for
 
 X = np.ones((1, 4), np.float32)
 
@@ -71,3 +77,44 @@ def test_without_opentelemetry_nothing_is_sent(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(tracing, "_inject", None)
     assert tracing.trace_metadata() == ()
     assert tracing._resolved and tracing._inject is None
+
+
+def test_server_span_joins_the_client_trace(
+    tracer: tuple[object, InMemorySpanExporter], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    get_tracer, _ = tracer
+    server_exporter = InMemorySpanExporter()
+    server_provider = TracerProvider()
+    server_provider.add_span_processor(SimpleSpanProcessor(server_exporter))
+    # The server takes its Tracing from the OTEL_* environment; hand it one on an in-memory exporter.
+    monkeypatch.setattr(ortserve.app, "tracing_from_env", lambda: Tracing(server_provider, owns_provider=False))
+    repo = tmp_path / "models"
+    models.save(models.identity("FP32", dims=("batch", 4)), repo, "echo")
+
+    def server_spans(name: str) -> list[object]:
+        return [s for s in server_exporter.get_finished_spans() if s.name == name]
+
+    infer_span = "inference.GRPCInferenceService/ModelInfer"
+    with serve_in_thread(repo, http_port=-1) as srv, InferenceClient(srv.grpc_target) as client:
+        with get_tracer.start_as_current_span("caller") as caller:  # type: ignore[attr-defined]
+            client.infer("echo", {"x": X}, request_id="traced")
+        wait_for(lambda: len(server_spans(infer_span)) == 1)
+
+        async def async_call() -> object:
+            async with AsyncInferenceClient(srv.grpc_target) as aclient:
+                with get_tracer.start_as_current_span("async caller") as span:  # type: ignore[attr-defined]
+                    await aclient.infer("echo", {"x": X}, request_id="traced-async")
+                    return span
+
+        async_caller = asyncio.run(async_call())
+        wait_for(lambda: len(server_spans(infer_span)) == 2)
+        client.infer("echo", {"x": X}, request_id="untraced")  # no client span: the server starts a root
+        wait_for(lambda: len(server_spans(infer_span)) == 3)
+    by_id = {s.attributes.get("ortserve.request_id", ""): s for s in server_spans(infer_span)}  # type: ignore[attr-defined]
+    for request_id, span in (("traced", caller), ("traced-async", async_caller)):
+        served = by_id[request_id]
+        client_context = span.get_span_context()  # type: ignore[attr-defined]
+        assert served.context.trace_id == client_context.trace_id  # type: ignore[attr-defined]
+        assert served.parent.span_id == client_context.span_id  # type: ignore[attr-defined]
+    assert by_id["untraced"].parent is None  # type: ignore[attr-defined]
+    server_provider.shutdown()
