@@ -152,14 +152,16 @@ def test_the_window_keeps_the_latest_rows_and_needs_enough_of_them() -> None:
     assert [r.rows for r in results] == [200, 200] and all(r.drifted for r in results)
 
 
-def test_sampling_gap_takes_about_window_rows_per_interval() -> None:
-    monitor = DriftMonitor("m", "1", {"x": np.zeros((1000, 1))}, DriftOptions(interval_s=1000, window_rows=1000))
-    for _ in range(100):
-        monitor.offer({"x": np.ones((4, 1))})  # one sample, then the gap (4 rows x 1 s) holds off
-    monitor.offer({"x": np.ones((4, 1), dtype=np.float32)})
-    feed(DriftMonitor("m", "1", {"x": np.zeros((300, 1))}, OPTIONS, sample_gap_ns=0), np.ones((8, 1)))
-    assert monitor.evaluations == 0
-    assert monitor.evaluate() == []  # 4 rows sampled: too few to compare
+def test_sampling_gap_spreads_window_rows_over_the_interval() -> None:
+    reference = {"x": np.random.default_rng(0).standard_normal((1000, 1))}
+    spaced = DriftMonitor("m", "1", reference, DriftOptions(interval_s=1000, window_rows=1000))  # 1 s per row
+    eager = DriftMonitor("m", "1", reference, DriftOptions(interval_s=1000, window_rows=1000), sample_gap_ns=0)
+    for _ in range(60):
+        request = {"x": np.random.default_rng(1).standard_normal((4, 1))}
+        spaced.offer(request)  # the first request is sampled; the rest fall in its 4 s gap
+        eager.offer(request)
+    assert spaced.evaluate() == []  # 4 rows: too few to compare
+    assert [r.rows for r in eager.evaluate()] == [240]
 
 
 def test_inputs_of_another_shape_or_type_are_not_sampled() -> None:
