@@ -84,8 +84,10 @@ def test_repository_index_load_and_unload(client: InferenceClient) -> None:
     client.load_model("unloaded")
     assert client.is_model_ready("unloaded") is True
     np.testing.assert_array_equal(client.infer("unloaded", {"x": B})["y"], B)
-    with pytest.raises(InvalidInputError, match="parameters"):  # ortserve takes no config override yet
-        client.load_model("unloaded", config="{}")
+    client.load_model("unloaded", config="{}")  # a config override: an empty config, auto-completed
+    assert client.is_model_ready("unloaded") is True
+    with pytest.raises(InvalidInputError, match="not a ModelConfig in JSON"):
+        client.load_model("unloaded", config="{not json")
     with pytest.raises(ModelNotFoundError):
         client.load_model("no_such_model")
 
