@@ -1,0 +1,183 @@
+"""Where ortserve spends its CPU per request: py-spy on a server under the suite's load.
+
+    python -m benchmarks.hotspots [--model mlp|cnn] [--no-batching] [--concurrency 64]
+                                  [--seconds 10] [--native] [--top 25] [--raw FILE]
+
+Starts ortserve on the suite's model (as `python -m benchmarks` does), drives it with
+perf_analyzer at the given concurrency, samples it with py-spy (`record --format raw
+--nonblocking`, so the server is not paused; `--native` has to pause it) and prints, over the samples where a thread was
+running: the share per thread, the top functions by self time (the leaf frame) and by
+inclusive time (anywhere in the stack). `--native` adds C/C++ frames (gRPC core, ONNX Runtime).
+Needs py-spy (`pip install py-spy`) and ptrace rights on the server process (root, or
+kernel.yama.ptrace_scope 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from benchmarks import loadgen, models, servers
+
+_LINE = re.compile(r":\d+\)$")
+OUTSIDE = "(no ortserve frame: gRPC aio, uvloop, asyncio)"
+
+
+@dataclass
+class Profile:
+    """py-spy samples of running threads, by thread and by function (line numbers merged)."""
+
+    total: int = 0
+    threads: Counter[str] = field(default_factory=Counter)
+    own: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    """Per thread: leaf function -> samples."""
+    inclusive: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    """Per thread: function anywhere in the stack -> samples."""
+    ortserve: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    """Per thread: the innermost ortserve function of each sample -> samples."""
+
+
+def parse_raw(text: str) -> Profile:
+    """Read py-spy's raw format: `thread (TID): NAME;frame;...;leaf COUNT` (with --threads)."""
+    profile = Profile()
+    for line in text.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = stack.split(";")
+        thread = frames.pop(0).split(": ", 1)[-1] if frames[0].startswith(("thread", "process")) else "?"
+        frames = [_LINE.sub(")", f) for f in frames]
+        profile.total += count
+        profile.threads[thread] += count
+        if frames:
+            profile.own[thread][frames[-1]] += count
+        for frame in set(frames):
+            profile.inclusive[thread][frame] += count
+        mine = [
+            f for f in frames if "ortserve/" in f and "__main__" not in f and "cli.py" not in f and "app.py" not in f
+        ]
+        profile.ortserve[thread][mine[-1] if mine else OUTSIDE] += count
+    return profile
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=["mlp", "cnn"], default="mlp")
+    parser.add_argument("--no-batching", action="store_true", help="config without dynamic_batching")
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
+    parser.add_argument("--native", action="store_true", help="include native frames")
+    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
+    parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--raw", type=Path, help="keep py-spy's raw output here")
+    args = parser.parse_args(argv)
+    py_spy = shutil.which("py-spy")
+    if py_spy is None:
+        raise SystemExit("py-spy is not installed: pip install py-spy")
+    pa = loadgen.find_perf_analyzer()
+    spec = models.mlp() if args.model == "mlp" else models.cnn()
+    name = f"{args.model}_{'nobatch' if args.no_batching else 'batching'}"
+    with tempfile.TemporaryDirectory(prefix="ortserve-hotspots-") as tmp:
+        repo = Path(tmp) / "repo"
+        models.write_model(repo, name, spec, "" if args.no_batching else "dynamic_batching { }")
+        raw = args.raw or Path(tmp) / "pyspy.txt"
+        with servers.ortserve(repo, args.threads) as proc:
+            # Far more requests than the window needs: the load runs until it is stopped.
+            load = subprocess.Popen(
+                [
+                    str(pa),
+                    "-m",
+                    name,
+                    "-i",
+                    "grpc",
+                    "-u",
+                    proc.target,
+                    "-b",
+                    "1",
+                    "--async",
+                    "--concurrency-range",
+                    f"{args.concurrency}:{args.concurrency}",
+                    "--measurement-mode",
+                    "count_windows",
+                    "--measurement-request-count",
+                    "10000000",
+                    "-s",
+                    "100000",
+                    "-r",
+                    "3",
+                    "--max-threads",
+                    "4",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                time.sleep(2)  # connections up, warm
+                cpu0 = proc.cpu_s()
+                spy = [
+                    py_spy,
+                    "record",
+                    "--pid",
+                    str(proc.pid),
+                    "--duration",
+                    str(int(args.seconds)),
+                    "--rate",
+                    str(args.rate),
+                    "--format",
+                    "raw",
+                    "--output",
+                    str(raw),
+                    "--threads",
+                ]
+                # Native stacks need the process paused at each sample (py-spy refuses --nonblocking).
+                spy.append("--native" if args.native else "--nonblocking")
+                counts0 = servers.counts(proc.target, name)
+                started = time.perf_counter()
+                done = subprocess.run(spy, capture_output=True, text=True)
+                wall = time.perf_counter() - started
+                counts1 = servers.counts(proc.target, name)
+                cpu = proc.cpu_s() - cpu0
+            finally:
+                load.terminate()
+                load.wait(10)
+        if done.returncode != 0:
+            print(done.stdout + done.stderr, file=sys.stderr)
+            return 1
+        profile = parse_raw(raw.read_text())
+    requests = counts1.inferences - counts0.inferences
+    executions = counts1.executions - counts0.executions
+    total = max(profile.total, 1)
+    print(
+        f"ortserve {name}, C={args.concurrency}: {requests / wall:.0f} infer/s, mean batch "
+        f"{requests / max(executions, 1):.1f}, server CPU {100 * cpu / wall:.0f}% of a core, "
+        f"{1e6 * cpu / max(requests, 1):.0f} us CPU per request (sampling included); {profile.total} samples"
+    )
+    print("\nsamples per thread (% of all running samples)")
+    for thread, n in profile.threads.most_common(8):
+        print(f"  {100 * n / total:5.1f}%  {thread}")
+    for thread, _ in profile.threads.most_common(3):
+        n_thread = profile.threads[thread]
+        sections = (
+            ("innermost ortserve function", profile.ortserve[thread]),
+            ("self (leaf function)", profile.own[thread]),
+            ("inclusive", profile.inclusive[thread]),
+        )
+        for title, counter in sections:
+            print(f"\n{thread}: top {args.top} by {title}, % of this thread's samples")
+            for frame, n in counter.most_common(args.top):
+                print(f"  {100 * n / n_thread:5.1f}%  {frame[:150]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""The servers under test, each in its own process, and what the suite reads from them.
+
+- `bare(repo, mode)`: benchmarks.bare_server (`echo`: the RPC ceiling; `ort`: the baseline).
+- `ortserve(repo, threads)`: `ortserve serve` as a user runs it (tests.harness.serve_in_subprocess),
+  on CPU with `--intra-op-threads` set to the suite's budget, HTTP off.
+
+`Proc.cpu_s()` reads the process's CPU time (all threads, user + system) from /proc, so the
+suite can say how much of the 2 cores a server used during a measurement.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from ortserve_client.proto import grpc_service_pb2 as pb
+from ortserve_client.proto import grpc_service_pb2_grpc as pb_grpc
+from tests.harness import serve_in_subprocess
+
+ROOT = Path(__file__).resolve().parents[1]
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Proc:
+    name: str
+    pid: int
+    target: str
+    lines: list[str] = field(default_factory=list)
+    """What the process wrote to stderr (ortserve: its log)."""
+
+    def cpu_s(self) -> float:
+        try:
+            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
+
+
+@contextmanager
+def bare(repo: Path, mode: str, threads: int) -> Iterator[Proc]:
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.bare_server",
+            "--repo",
+            str(repo),
+            "--mode",
+            mode,
+            "--threads",
+            str(threads),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    proc = Proc(f"bare-{mode}", process.pid, "")
+    threading.Thread(target=lambda: proc.lines.extend(process.stderr), daemon=True).start()  # type: ignore[arg-type]
+    try:
+        line = process.stdout.readline()
+        if not line.startswith("bare-server listening"):
+            process.wait(10)
+            raise RuntimeError(f"bare server ({mode}) did not start: {line}{''.join(proc.lines)}")
+        proc.target = f"127.0.0.1:{int(line.split()[-1])}"
+        yield proc
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@contextmanager
+def ortserve(repo: Path, threads: int) -> Iterator[Proc]:
+    args = [
+        "--model-repository",
+        str(repo),
+        "--grpc-port",
+        "0",
+        "--http-port",
+        "-1",
+        "--host",
+        "127.0.0.1",
+        "--device",
+        "cpu",
+        "--intra-op-threads",
+        str(threads),
+        # INFO: the harness waits for the "ortserve ready" line; the request path logs nothing below WARNING.
+        "--log-level",
+        "info",
+    ]
+    with serve_in_subprocess(args, ready_timeout_s=300) as server:
+        yield Proc("ortserve", server.process.pid, server.grpc_target, server.lines)
+
+
+@dataclass(slots=True)
+class Counts:
+    inferences: int
+    executions: int
+    failures: int
+
+
+def counts(target: str, model: str) -> Counts:
+    """The model's ModelStatistics counters (one RPC, between measurements only).
+
+    ortserve's are its real statistics; the bare servers count requests only.
+    """
+    with grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        reply = stub.ModelStatistics(pb.ModelStatisticsRequest(name=model), timeout=10)
+    stats = reply.model_stats[0]
+    return Counts(stats.inference_count, stats.execution_count, stats.inference_stats.fail.count)
