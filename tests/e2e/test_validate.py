@@ -26,7 +26,7 @@ from ortserve import cli
 from ortserve.demo import build_demo
 from ortserve_client.proto import grpc_service_pb2 as pb
 from tests.harness import serve_in_thread
-from tests.wire import infer_request, outputs_of, rpc_error
+from tests.wire import infer_request, outputs_of, rpc_error, wait_for
 
 FLOWERS = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], np.float32)
 
@@ -207,8 +207,11 @@ def test_the_server_promotes_only_validated_versions(iris: tuple[Path, Path]) ->
             response = srv.stub.ModelInfer(infer_request("iris", {"input": FLOWERS}, outputs=["label"]))
             return response.model_version, outputs_of(response)["label"].tolist()
 
-        def load() -> grpc.RpcError:
-            return rpc_error(lambda: srv.stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="iris")))
+        def load(config: str | None = None) -> None:
+            request = pb.RepositoryModelLoadRequest(model_name="iris")
+            if config is not None:
+                request.parameters["config"].string_param = config
+            srv.stub.RepositoryModelLoad(request)
 
         def reason(version: str) -> str:
             rows = srv.stub.RepositoryIndex(pb.RepositoryIndexRequest()).models
@@ -216,24 +219,47 @@ def test_the_server_promotes_only_validated_versions(iris: tuple[Path, Path]) ->
 
         assert labels() == ("1", [0, 2])
 
+        # The latest policy counts validated versions only: a new one without a record waits.
         (model_dir / "2").mkdir()
-        (model_dir / "2" / "model.onnx").write_bytes(wrong)  # no record: refused, version 1 keeps serving
-        error = load()
-        assert error.code() is grpc.StatusCode.UNAVAILABLE and "version 2 is not validated" in error.details()
-        assert "not validated" in reason("1") and labels() == ("1", [0, 2])
-
+        (model_dir / "2" / "model.onnx").write_bytes(wrong)
+        load()
+        assert labels() == ("1", [0, 2]) and "version(s) 2 not validated yet" in reason("1")
         assert validate_here(model_dir, "--version", "2", "--data", data, "--labels", "label",
-                             "--min-accuracy", "0.9") == 1  # a failing record: still refused
-        assert "version 2 failed its validation" in load().details()
+                             "--min-accuracy", "0.9") == 1  # a failing record: still waiting
+        load()
         assert labels() == ("1", [0, 2])
 
         (model_dir / "2" / "model.onnx").write_bytes(good)
         assert validate_here(model_dir, "--version", "2", "--data", data, "--labels", "label",
                              "--min-accuracy", "0.9") == 0
-        srv.stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="iris"))
+        load()
         assert labels() == ("2", [0, 2])
 
         (model_dir / "2" / "model.onnx").write_bytes(wrong)  # the record vouches for other bytes
-        error = load()
-        assert "SHA-256 differs" in error.details()
+        error = rpc_error(load)
+        assert error.code() is grpc.StatusCode.UNAVAILABLE and "SHA-256 differs" in error.details()
         assert "keeps serving" in reason("2") and labels() == ("2", [0, 2])
+
+        # A policy naming versions outright gets an error for an unvalidated one.
+        (model_dir / "3").mkdir()
+        (model_dir / "3" / "model.onnx").write_bytes(good)
+        error = rpc_error(lambda: load('{"version_policy": {"specific": {"versions": [1, 3]}}}'))
+        assert "version 3 is not validated: no validation.json" in error.details()
+        assert labels() == ("1", [0, 2])  # version 1 serves, the policy's default now
+        assert "version 3 is not validated" in reason("3")
+
+
+def test_in_poll_mode_a_passing_record_promotes_the_waiting_version(iris: tuple[Path, Path]) -> None:
+    model_dir, data = iris
+    assert validate_here(model_dir, "--data", data, "--labels", "label", "--min-accuracy", "0.9") == 0
+    shutil.copytree(model_dir / "1", model_dir / "2")
+    (model_dir / "2" / "validation.json").unlink()
+    settings: dict[str, Any] = {"http_port": -1, "model_control_mode": "poll", "repository_poll_seconds": 0.1,
+                                "require_validation": True}
+    with serve_in_thread(model_dir.parent, **settings) as srv:
+        def version() -> str:
+            return str(srv.stub.ModelInfer(infer_request("iris", {"input": FLOWERS})).model_version)
+
+        assert version() == "1"  # version 2 waits for its record
+        assert validate_here(model_dir, "--version", "2", "--data", data, "--labels", "label") == 0
+        wait_for(lambda: version() == "2")

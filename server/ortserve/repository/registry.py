@@ -43,7 +43,7 @@ from ortserve.repository.files import Fingerprint, stage_upload, version_fingerp
 from ortserve.repository.model import ModelVersion
 from ortserve.repository.model_config import model_filename, read_config
 from ortserve.repository.routing import WEIGHTS_PARAMETER, VersionRouter, config_weights, effective_routing
-from ortserve.repository.validation import check_record
+from ortserve.repository.validation import check_record, record_passed
 from ortserve.repository.versions import default_version, list_versions, select_versions
 from ortserve.runtime import RuntimeOptions
 from ortserve_client.proto import model_config_pb2 as mc
@@ -92,6 +92,8 @@ class _Source:
     wanted: list[int]
     weights: dict[int, float]
     keys: dict[int, _Key]
+    waiting: tuple[int, ...] = ()
+    """Versions a `latest` policy passed over: no passing validation record yet (require_validation)."""
 
 
 class ModelRegistry:
@@ -328,10 +330,23 @@ class ModelRegistry:
             config = override
         model_filename(config, name)
         weights = config_weights(config)
-        wanted = select_versions(config.version_policy, list_versions(model_dir), model_name=name)
+        available = list_versions(model_dir)
+        waiting: list[int] = []
+        if self.require_validation and config.version_policy.WhichOneof("policy_choice") in (None, "latest"):
+            # The newest *validated* versions: one still waiting for its record is not published yet.
+            # (A record is checked in full, bytes included, when its version loads; `all` and `specific`
+            # name versions outright, so an unvalidated one among them fails its load instead.)
+            waiting = [v for v in available if not record_passed(model_dir / str(v))]
+            available = [v for v in available if v not in waiting]
+            if waiting and not available:
+                raise ModelLoadError(
+                    f"model '{name}': no version has a passing validation record (require_validation); "
+                    f"versions {waiting} wait for `ortserve validate`"
+                )
+        wanted = select_versions(config.version_policy, available, model_name=name)
         serving = _serving_config(config).SerializeToString(deterministic=True)
         keys = {v: (serving, version_fingerprint(model_dir / str(v))) for v in wanted}
-        return _Source(config, model_dir, wanted, weights, keys)
+        return _Source(config, model_dir, wanted, weights, keys, tuple(v for v in waiting if v > max(wanted)))
 
     def _load_one(self, name: str, version: int, source: _Source) -> ModelVersion:
         """Step 2 for one version (blocking): validation gate, sessions, warm-up, instrumentation."""
@@ -416,6 +431,12 @@ class ModelRegistry:
         for note in routing.notes:
             log.warning("model %r: %s", name, note)
         entry.model_notes = list(routing.notes)
+        if source.waiting:
+            entry.model_notes.append(
+                f"version(s) {', '.join(map(str, source.waiting))} not validated yet (require_validation): "
+                "the newest validated versions serve"
+            )
+            log.warning("model %r: %s", name, entry.model_notes[-1])
         if routing.weights and set(routing.weights) != {entry.default}:
             entry.router = VersionRouter(entry.versions, routing.weights)
             log.info("model %r: requests naming no version go to %s", name, ", ".join(

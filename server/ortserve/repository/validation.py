@@ -3,7 +3,9 @@
 A record says whether one version's model file passed its validation (held-out data, metric and
 latency thresholds, output sanity) and carries the SHA-256 of the model file it judged. With the
 server's `require_validation` setting, a version is promoted to serve only when its record
-passed and its model file still has that hash: a record never vouches for other bytes.
+passed and its model file still has that hash: a record never vouches for other bytes. A
+`latest` version policy then counts only versions with a passing record, so a new version waits
+unserved (and its predecessor serves) until it is validated.
 """
 
 from __future__ import annotations
@@ -35,6 +37,15 @@ def write_record(version_dir: Path, record: dict[str, Any]) -> Path:
     temporary.write_text(json.dumps({"format": RECORD_FORMAT, **record}, indent=2, sort_keys=True) + "\n")
     temporary.replace(path)
     return path
+
+
+def record_passed(version_dir: Path) -> bool:
+    """Whether the version's record says it passed (cheap: the model file's hash is not checked here)."""
+    try:
+        record = json.loads((version_dir / RECORD_FILENAME).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(record, dict) and record.get("format") == RECORD_FORMAT and record.get("passed") is True
 
 
 def check_record(model: str, version: int, model_path: Path) -> None:
