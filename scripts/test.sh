@@ -17,6 +17,6 @@ export PERF_ANALYZER
 PROMETHEUS_BIN_DIR="$(bash scripts/setup-prometheus.sh | tail -n 1)"
 export PROMETHEUS_BIN_DIR
 
-python -m ruff check server client tests scripts benchmarks
+python -m ruff check server client tests scripts benchmarks loadtests
 python -m mypy server client
 python -m pytest "$@"
