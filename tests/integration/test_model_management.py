@@ -333,7 +333,7 @@ def test_a_model_is_ready_only_after_its_warm_up(repo: Path) -> None:
     """)
     with serve_in_thread(repo, http_port=-1, model_control_mode="explicit", load_model="probe") as srv:
         runs = []
-        for _ in range(2):
+        for _ in range(3):
             started = time.monotonic()
             srv.stub.ModelInfer(sleep_request(iterations, model="probe"), timeout=60)
             runs.append(time.monotonic() - started)
@@ -357,6 +357,6 @@ def test_a_model_is_ready_only_after_its_warm_up(repo: Path) -> None:
         watcher.join()
         assert ready(srv.stub, "slow")
         assert (False, "LOADING") in seen and (True, "LOADING") not in seen
-        assert loading >= 3 * one_run * 0.6, (loading, one_run)
+        assert loading >= 1.5 * one_run, (loading, one_run)  # 3 warm-up runs; half of that allows for noise
         stats = model_stats(srv.stub, "slow")
         assert stats.inference_count == 0 and stats.execution_count == 0  # warm-up is not traffic
