@@ -272,16 +272,6 @@ class ModelRegistry:
         model = self._models.get(name)
         return [] if model is None else [str(v) for v in sorted(model.versions)]
 
-    def traffic_shares(self, name: str) -> dict[str, float]:
-        """The fraction of requests naming no version that each served version gets."""
-        model = self._models.get(name)
-        if model is None or not model.versions:
-            return {}
-        router = model.router
-        if router is None:
-            return {str(v): float(v == model.default) for v in sorted(model.versions)}
-        return {str(v): router.share(v) for v in sorted(model.versions)}
-
     def index(self) -> list[IndexEntry]:
         """Every model of the repository (loaded or not) with the state of each version."""
         rows: list[IndexEntry] = []
