@@ -1,13 +1,16 @@
 """Where ortserve spends its CPU per request: py-spy on a server under the suite's load.
 
-    python -m benchmarks.hotspots [--model mlp|cnn] [--no-batching] [--concurrency 64]
-                                  [--seconds 10] [--native] [--top 25] [--raw FILE]
+    python -m benchmarks.hotspots [--server ortserve|echo|baseline] [--model mlp|cnn] [--no-batching]
+                                  [--concurrency 64] [--seconds 10] [--native] [--top 25] [--raw FILE]
 
-Starts ortserve on the suite's model (as `python -m benchmarks` does), drives it with
-perf_analyzer at the given concurrency, samples it with py-spy (`record --format raw
---nonblocking`, so the server is not paused; `--native` has to pause it) and prints, over the samples where a thread was
-running: the share per thread, the top functions by self time (the leaf frame) and by
-inclusive time (anywhere in the stack). `--native` adds C/C++ frames (gRPC core, ONNX Runtime).
+Starts ortserve on the suite's model (as `python -m benchmarks` does; or, for comparison, the
+RPC ceiling or the baseline of bare_server.py), drives it with perf_analyzer at the given
+concurrency, samples it with py-spy (`record --format raw --nonblocking`: the server is not
+paused) and prints, over the samples where a thread was running: the share per thread, the
+innermost ortserve function of each sample, the top functions by self time (leaf frame) and by
+inclusive time, each also in microseconds per request (samples x sampling interval / requests
+answered, from ModelStatistics). `--native` adds C/C++ frames (gRPC core, uvloop, ONNX
+Runtime) but must pause the process at each sample, and counts blocked threads as running.
 Needs py-spy (`pip install py-spy`) and ptrace rights on the server process (root, or
 kernel.yama.ptrace_scope 0).
 """
@@ -69,10 +72,48 @@ def parse_raw(text: str) -> Profile:
     return profile
 
 
+def _load(pa: Path, target: str, model: str, concurrency: int) -> subprocess.Popen[bytes]:
+    """perf_analyzer asked for far more requests than the profile needs: it runs until stopped."""
+    command = [str(pa), "-m", model, "-i", "grpc", "-u", target, "-b", "1", "--async"]
+    command += ["--concurrency-range", f"{concurrency}:{concurrency}", "--max-threads", "4"]
+    command += ["--measurement-mode", "count_windows", "--measurement-request-count", "10000000"]
+    command += ["-s", "100000", "-r", "3"]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _report(profile: Profile, label: str, requests: int, wall: float, cpu: float, rate_hz: int, top: int) -> None:
+    total = max(profile.total, 1)
+    us_per_sample = 1e6 / rate_hz / max(requests, 1)
+    print(
+        f"{label}: {requests / wall:.0f} infer/s, server CPU {100 * cpu / wall:.0f}% of a core, "
+        f"{1e6 * cpu / max(requests, 1):.0f} us CPU per request (sampling included); {profile.total} samples"
+    )
+    print("\nrunning samples per thread: % of all, us per request")
+    for thread, n in profile.threads.most_common(8):
+        print(f"  {100 * n / total:5.1f}%  {n * us_per_sample:6.1f} us  {thread}")
+    for thread, _ in profile.threads.most_common(3):
+        n_thread = profile.threads[thread]
+        sections = (
+            ("innermost ortserve function", profile.ortserve[thread]),
+            ("self (leaf function)", profile.own[thread]),
+            ("inclusive", profile.inclusive[thread]),
+        )
+        for title, counter in sections:
+            print(f"\n{thread}: top {top} by {title}: % of this thread, us per request")
+            for frame, n in counter.most_common(top):
+                print(f"  {100 * n / n_thread:5.1f}%  {n * us_per_sample:6.1f} us  {frame[:140]}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--server",
+        choices=["ortserve", "echo", "baseline"],
+        default="ortserve",
+        help="profile ortserve, or for comparison the RPC ceiling (echo) or the baseline",
+    )
     parser.add_argument("--model", choices=["mlp", "cnn"], default="mlp")
-    parser.add_argument("--no-batching", action="store_true", help="config without dynamic_batching")
+    parser.add_argument("--no-batching", action="store_true", help="ortserve: config without dynamic_batching")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
@@ -86,67 +127,33 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("py-spy is not installed: pip install py-spy")
     pa = loadgen.find_perf_analyzer()
     spec = models.mlp() if args.model == "mlp" else models.cnn()
-    name = f"{args.model}_{'nobatch' if args.no_batching else 'batching'}"
+    if args.server == "ortserve":
+        name = f"{args.model}_{'nobatch' if args.no_batching else 'batching'}"
+    else:
+        name = args.model
     with tempfile.TemporaryDirectory(prefix="ortserve-hotspots-") as tmp:
         repo = Path(tmp) / "repo"
-        models.write_model(repo, name, spec, "" if args.no_batching else "dynamic_batching { }")
+        models.write_model(
+            repo, name, spec, "" if args.no_batching or args.server != "ortserve" else "dynamic_batching { }"
+        )
         raw = args.raw or Path(tmp) / "pyspy.txt"
-        with servers.ortserve(repo, args.threads) as proc:
-            # Far more requests than the window needs: the load runs until it is stopped.
-            load = subprocess.Popen(
-                [
-                    str(pa),
-                    "-m",
-                    name,
-                    "-i",
-                    "grpc",
-                    "-u",
-                    proc.target,
-                    "-b",
-                    "1",
-                    "--async",
-                    "--concurrency-range",
-                    f"{args.concurrency}:{args.concurrency}",
-                    "--measurement-mode",
-                    "count_windows",
-                    "--measurement-request-count",
-                    "10000000",
-                    "-s",
-                    "100000",
-                    "-r",
-                    "3",
-                    "--max-threads",
-                    "4",
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+        if args.server == "ortserve":
+            server = servers.ortserve(repo, args.threads)
+        else:
+            server = servers.bare(repo, "echo" if args.server == "echo" else "ort", args.threads)
+        with server as proc:
+            load = _load(pa, proc.target, name, args.concurrency)
             try:
                 time.sleep(2)  # connections up, warm
-                cpu0 = proc.cpu_s()
-                spy = [
-                    py_spy,
-                    "record",
-                    "--pid",
-                    str(proc.pid),
-                    "--duration",
-                    str(int(args.seconds)),
-                    "--rate",
-                    str(args.rate),
-                    "--format",
-                    "raw",
-                    "--output",
-                    str(raw),
-                    "--threads",
-                ]
+                spy = [py_spy, "record", "--pid", str(proc.pid), "--duration", str(int(args.seconds))]
+                spy += ["--rate", str(args.rate), "--format", "raw", "--output", str(raw), "--threads"]
                 # Native stacks need the process paused at each sample (py-spy refuses --nonblocking).
                 spy.append("--native" if args.native else "--nonblocking")
-                counts0 = servers.counts(proc.target, name)
+                counts0, cpu0 = servers.counts(proc.target, name), proc.cpu_s()
                 started = time.perf_counter()
                 done = subprocess.run(spy, capture_output=True, text=True)
                 wall = time.perf_counter() - started
-                counts1 = servers.counts(proc.target, name)
-                cpu = proc.cpu_s() - cpu0
+                counts1, cpu = servers.counts(proc.target, name), proc.cpu_s() - cpu0
             finally:
                 load.terminate()
                 load.wait(10)
@@ -156,26 +163,10 @@ def main(argv: list[str] | None = None) -> int:
         profile = parse_raw(raw.read_text())
     requests = counts1.inferences - counts0.inferences
     executions = counts1.executions - counts0.executions
-    total = max(profile.total, 1)
-    print(
-        f"ortserve {name}, C={args.concurrency}: {requests / wall:.0f} infer/s, mean batch "
-        f"{requests / max(executions, 1):.1f}, server CPU {100 * cpu / wall:.0f}% of a core, "
-        f"{1e6 * cpu / max(requests, 1):.0f} us CPU per request (sampling included); {profile.total} samples"
-    )
-    print("\nsamples per thread (% of all running samples)")
-    for thread, n in profile.threads.most_common(8):
-        print(f"  {100 * n / total:5.1f}%  {thread}")
-    for thread, _ in profile.threads.most_common(3):
-        n_thread = profile.threads[thread]
-        sections = (
-            ("innermost ortserve function", profile.ortserve[thread]),
-            ("self (leaf function)", profile.own[thread]),
-            ("inclusive", profile.inclusive[thread]),
-        )
-        for title, counter in sections:
-            print(f"\n{thread}: top {args.top} by {title}, % of this thread's samples")
-            for frame, n in counter.most_common(args.top):
-                print(f"  {100 * n / n_thread:5.1f}%  {frame[:150]}")
+    label = f"{args.server} {name}, C={args.concurrency}"
+    if args.server == "ortserve":
+        label += f", mean batch {requests / max(executions, 1):.1f}"
+    _report(profile, label, requests, wall, cpu, args.rate, args.top)
     return 0
 
 
