@@ -5,28 +5,30 @@
                                       [--no-triton] [--json FILE]
 
 One `ortserve serve` subprocess serves add_sub (FP32 [rows, 4] x 2 -> 2 outputs). Against it,
-closed loops of ModelInfer calls, `concurrency` in flight, for `seconds` each, `repeats` times,
-the variants interleaved within each repeat:
+closed loops of ModelInfer calls with `concurrency` in flight (threads for the sync clients,
+tasks on one event loop for the asyncio ones). Each worker *alternates* the two variants it
+compares, call by call, and times every call, so that both see the same machine at the same
+moments; this is what makes a comparison possible on a shared, noisy machine:
 
-- raw stubs: the generated stub on a plain channel; the request built from numpy by hand
-  (inputs.add + raw_input_contents.append(tobytes())), the outputs read with np.frombuffer:
-  the least any caller must do;
-- ortserve_client: `InferenceClient.infer` / `AsyncInferenceClient.infer` with its defaults
+- in this process: raw stubs vs ortserve_client. Raw stubs: the generated stub on a plain
+  channel, the request built from numpy by hand (inputs.add + raw_input_contents.append
+  (tobytes())), the outputs read with np.frombuffer: the least any caller must do.
+  ortserve_client: `InferenceClient.infer` / `AsyncInferenceClient.infer` with its defaults
   (deadline, retry policy, round-robin service config, keepalive), returning an InferResult;
-- tritonclient.grpc: InferInput.set_data_from_numpy + infer + as_numpy, in a subprocess
-  (it registers the same `inference.*` protobuf names as ortserve_client).
+- in a subprocess (tritonclient registers the same `inference.*` protobuf names as
+  ortserve_client): raw stubs (tritonclient's own generated ones, the same code as above) vs
+  tritonclient.grpc (InferInput.set_data_from_numpy + infer + as_numpy).
 
-Sync variants run `concurrency` threads; asyncio variants `concurrency` tasks on one loop.
-Each row: calls/s as median [min-max] over the repeats, and the client process's CPU time per
-call (all its threads), median, which isolates the client's own cost from the server's. The
-client shares the machine's cores with the server: on a shared, noisy machine only the medians
-and the ranges mean anything.
+Each repeat gives every variant's median call latency and the ratio of the client's to the raw
+stubs' median in the same loop; the table shows median [min-max] over the repeats. A ratio of
+1.05 means 5% more time per call than raw stubs. The client shares the cores with the server.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import json
 import os
 import statistics
@@ -35,7 +37,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,66 +54,69 @@ from tests.harness import serve_in_subprocess  # noqa: E402
 
 MODEL = "add_sub"
 MAX = 2**31 - 1
-Sample = dict[str, float]  # calls_per_s, cpu_us_per_call
 
 
-# -- closed loops ---------------------------------------------------------------------------
+# -- paired closed loops (also run, by source, in the tritonclient subprocess) ----------------
 
 
-def sync_loop(call: Callable[[], Any], concurrency: int, seconds: float) -> Sample:
-    """`concurrency` threads calling `call` back to back for `seconds` (after a short warm-up)."""
-    for _ in range(20):
-        call()
-    counts = [0] * concurrency
-    start_gate = threading.Barrier(concurrency + 1)
-    stop_at = [0.0]
-
-    def worker(index: int) -> None:
-        start_gate.wait()
-        n = 0
-        while time.perf_counter() < stop_at[0]:
+def paired_sync(calls: Sequence[Callable[[], Any]], concurrency: int, seconds: float) -> list[float]:
+    """`concurrency` threads, each alternating `calls` for `seconds`; each call's median latency, us."""
+    for _ in range(10):
+        for call in calls:
             call()
-            n += 1
-        counts[index] = n
+    latencies: list[list[float]] = [[] for _ in calls]
+    lock = threading.Lock()
+    gate = threading.Barrier(concurrency + 1)
+    stop = [0.0]
+
+    def worker(offset: int) -> None:
+        own: list[list[float]] = [[] for _ in calls]
+        clock = time.perf_counter
+        gate.wait()
+        turn = offset
+        while clock() < stop[0]:
+            index = turn % len(calls)
+            start = clock()
+            calls[index]()
+            own[index].append(clock() - start)
+            turn += 1
+        with lock:
+            for mine, all_ in zip(own, latencies, strict=True):
+                all_.extend(mine)
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
     for t in threads:
         t.start()
-    cpu0 = time.process_time()
-    t0 = time.perf_counter()
-    stop_at[0] = t0 + seconds
-    start_gate.wait()
+    stop[0] = time.perf_counter() + seconds
+    gate.wait()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - t0
-    cpu = time.process_time() - cpu0
-    calls = sum(counts)
-    return {"calls_per_s": calls / wall, "cpu_us_per_call": cpu / calls * 1e6}
+    return [statistics.median(v) * 1e6 for v in latencies]
 
 
-async def async_loop(call: Callable[[], Awaitable[Any]], concurrency: int, seconds: float) -> Sample:
-    for _ in range(20):
-        await call()
-    counts = [0] * concurrency
-    stop_at = time.perf_counter() + seconds
-
-    async def worker(index: int) -> None:
-        n = 0
-        while time.perf_counter() < stop_at:
+async def paired_async(calls: Sequence[Callable[[], Awaitable[Any]]], concurrency: int, seconds: float) -> list[float]:
+    """`concurrency` tasks, each alternating `calls` for `seconds`; each call's median latency, us."""
+    for _ in range(10):
+        for call in calls:
             await call()
-            n += 1
-        counts[index] = n
+    latencies: list[list[float]] = [[] for _ in calls]
+    clock = time.perf_counter
+    stop = clock() + seconds
 
-    cpu0 = time.process_time()
-    t0 = time.perf_counter()
+    async def worker(offset: int) -> None:
+        turn = offset
+        while clock() < stop:
+            index = turn % len(calls)
+            start = clock()
+            await calls[index]()
+            latencies[index].append(clock() - start)
+            turn += 1
+
     await asyncio.gather(*(worker(i) for i in range(concurrency)))
-    wall = time.perf_counter() - t0
-    cpu = time.process_time() - cpu0
-    calls = sum(counts)
-    return {"calls_per_s": calls / wall, "cpu_us_per_call": cpu / calls * 1e6}
+    return [statistics.median(v) * 1e6 for v in latencies]
 
 
-# -- the variants in this process -----------------------------------------------------------
+# -- this process: raw stubs vs ortserve_client ---------------------------------------------
 
 
 def raw_request(a: np.ndarray[Any, Any], b: np.ndarray[Any, Any]) -> pb.ModelInferRequest:
@@ -130,87 +135,88 @@ def raw_outputs(response: pb.ModelInferResponse) -> dict[str, np.ndarray[Any, An
     }
 
 
-def raw_channel_options() -> list[tuple[str, int]]:
-    return [("grpc.max_send_message_length", MAX), ("grpc.max_receive_message_length", MAX)]
+RAW_OPTIONS = [("grpc.max_send_message_length", MAX), ("grpc.max_receive_message_length", MAX)]
 
 
-def run_raw_sync(target: str, a: Any, b: Any, concurrency: int, seconds: float) -> Sample:
+def sdk_sync(target: str, a: Any, b: Any, concurrency: int, seconds: float) -> list[float]:
     import grpc
 
-    channel = grpc.insecure_channel(target, raw_channel_options())
+    channel = grpc.insecure_channel(target, RAW_OPTIONS)
     stub = pb_grpc.GRPCInferenceServiceStub(channel)
-    try:
-        return sync_loop(lambda: raw_outputs(stub.ModelInfer(raw_request(a, b))), concurrency, seconds)
-    finally:
-        channel.close()
-
-
-def run_sdk_sync(target: str, a: Any, b: Any, concurrency: int, seconds: float) -> Sample:
+    inputs = {"INPUT0": a, "INPUT1": b}
     with InferenceClient(target) as client:
-        inputs = {"INPUT0": a, "INPUT1": b}
-        return sync_loop(lambda: client.infer(MODEL, inputs), concurrency, seconds)
+        try:
+            return paired_sync(
+                [lambda: raw_outputs(stub.ModelInfer(raw_request(a, b))), lambda: client.infer(MODEL, inputs)],
+                concurrency,
+                seconds,
+            )
+        finally:
+            channel.close()
 
 
-def run_raw_aio(target: str, a: Any, b: Any, concurrency: int, seconds: float) -> Sample:
+def sdk_aio(target: str, a: Any, b: Any, concurrency: int, seconds: float) -> list[float]:
     from grpc import aio
 
-    async def main() -> Sample:
-        channel = aio.insecure_channel(target, raw_channel_options())
+    async def main() -> list[float]:
+        channel = aio.insecure_channel(target, RAW_OPTIONS)
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        inputs = {"INPUT0": a, "INPUT1": b}
 
-        async def call() -> Any:
+        async def raw() -> Any:
             return raw_outputs(await stub.ModelInfer(raw_request(a, b)))
 
-        try:
-            return await async_loop(call, concurrency, seconds)
-        finally:
-            await channel.close()
-
-    return asyncio.run(main())
-
-
-def run_sdk_aio(target: str, a: Any, b: Any, concurrency: int, seconds: float) -> Sample:
-    async def main() -> Sample:
         async with AsyncInferenceClient(target) as client:
-            inputs = {"INPUT0": a, "INPUT1": b}
-            return await async_loop(lambda: client.infer(MODEL, inputs), concurrency, seconds)
+            try:
+                return await paired_async([raw, lambda: client.infer(MODEL, inputs)], concurrency, seconds)
+            finally:
+                await channel.close()
 
     return asyncio.run(main())
 
 
-# -- tritonclient, in its own process -------------------------------------------------------
+# -- a subprocess: raw stubs vs tritonclient ------------------------------------------------
 
 TRITON_SCRIPT = r"""
-import asyncio, json, sys, threading, time
+import asyncio, json, statistics, sys, threading, time
+import grpc
+from grpc import aio
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
+from tritonclient.grpc import service_pb2 as pb, service_pb2_grpc as pb_grpc
 
 target, rows, concurrency, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 rng = np.random.default_rng(0)
 a = rng.standard_normal((rows, 4)).astype(np.float32)
 b = rng.standard_normal((rows, 4)).astype(np.float32)
-{loops}
+MODEL = "add_sub"
+RAW_OPTIONS = [("grpc.max_send_message_length", 2**31 - 1), ("grpc.max_receive_message_length", 2**31 - 1)]
+{shared}
 
 def inputs(module):
     x = module.InferInput("INPUT0", list(a.shape), "FP32"); x.set_data_from_numpy(a)
     y = module.InferInput("INPUT1", list(b.shape), "FP32"); y.set_data_from_numpy(b)
     return [x, y]
 
+stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(target, RAW_OPTIONS))
 client = grpcclient.InferenceServerClient(target)
-def call():
-    result = client.infer("add_sub", inputs(grpcclient))
+def triton():
+    result = client.infer(MODEL, inputs(grpcclient))
     return result.as_numpy("OUTPUT0"), result.as_numpy("OUTPUT1")
-out = {{"sync": sync_loop(call, concurrency, seconds)}}
+out = {{"sync": paired_sync([lambda: raw_outputs(stub.ModelInfer(raw_request(a, b))), triton], concurrency, seconds)}}
 client.close()
 
 async def main():
+    astub = pb_grpc.GRPCInferenceServiceStub(aio.insecure_channel(target, RAW_OPTIONS))
     aclient = aioclient.InferenceServerClient(target)
-    async def acall():
-        result = await aclient.infer("add_sub", inputs(aioclient))
+    async def raw():
+        return raw_outputs(await astub.ModelInfer(raw_request(a, b)))
+    async def atriton():
+        result = await aclient.infer(MODEL, inputs(aioclient))
         return result.as_numpy("OUTPUT0"), result.as_numpy("OUTPUT1")
     try:
-        return await async_loop(acall, concurrency, seconds)
+        return await paired_async([raw, atriton], concurrency, seconds)
     finally:
         await aclient.close()
 out["aio"] = asyncio.run(main())
@@ -218,16 +224,28 @@ print(json.dumps(out))
 """
 
 
-def run_triton(target: str, rows: int, concurrency: int, seconds: float) -> dict[str, Sample]:
-    import inspect
+def _untyped(source: str) -> str:
+    for annotation in (
+        " -> list[float]",
+        " -> pb.ModelInferRequest",
+        " -> dict[str, np.ndarray[Any, Any]]",
+        ": Sequence[Callable[[], Awaitable[Any]]]",
+        ": Sequence[Callable[[], Any]]",
+        ": np.ndarray[Any, Any]",
+        ": pb.ModelInferResponse",
+        ": list[list[float]]",
+        ": int",
+        ": float",
+        " -> None",
+    ):
+        source = source.replace(annotation, "")
+    return source
 
-    loops = inspect.getsource(sync_loop) + "\n" + inspect.getsource(async_loop)
-    loops = loops.replace("-> Sample", "").replace(": Callable[[], Any]", "").replace(
-        ": Callable[[], Awaitable[Any]]", ""
-    )
-    script = TRITON_SCRIPT.format(loops=loops)
+
+def triton_pairs(target: str, rows: int, concurrency: int, seconds: float) -> dict[str, list[float]]:
+    shared = "\n".join(_untyped(inspect.getsource(f)) for f in (paired_sync, paired_async, raw_request, raw_outputs))
     done = subprocess.run(
-        [sys.executable, "-c", script, target, str(rows), str(concurrency), str(seconds)],
+        [sys.executable, "-c", TRITON_SCRIPT.format(shared=shared), target, str(rows), str(concurrency), str(seconds)],
         capture_output=True,
         text=True,
         timeout=120 + 4 * seconds,
@@ -235,75 +253,62 @@ def run_triton(target: str, rows: int, concurrency: int, seconds: float) -> dict
     )
     if done.returncode != 0:
         raise RuntimeError(f"the tritonclient run failed:\n{done.stderr}")
-    result: dict[str, Sample] = json.loads(done.stdout.strip().splitlines()[-1])
+    result: dict[str, list[float]] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
 
 
 # -- main -----------------------------------------------------------------------------------
 
-IN_PROCESS: dict[str, Callable[[str, Any, Any, int, float], Sample]] = {
-    "raw stubs (sync)": run_raw_sync,
-    "ortserve_client (sync)": run_sdk_sync,
-    "raw stubs (aio)": run_raw_aio,
-    "ortserve_client (aio)": run_sdk_aio,
-}
-ORDER = [
-    "raw stubs (sync)",
-    "ortserve_client (sync)",
-    "tritonclient (sync)",
-    "raw stubs (aio)",
-    "ortserve_client (aio)",
-    "tritonclient (aio)",
-]
-
-
-def summary(samples: list[Sample], key: str) -> tuple[float, float, float]:
-    values = [s[key] for s in samples]
-    return statistics.median(values), min(values), max(values)
+Row = tuple[str, str, str]  # (label, mode, key of the raw baseline in the same loop)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=1.0, help="length of one measurement (default 1)")
-    parser.add_argument("--repeats", type=int, default=5, help="measurements per variant (default 5)")
+    parser.add_argument("--seconds", type=float, default=1.0, help="length of one paired loop (default 1)")
+    parser.add_argument("--repeats", type=int, default=5, help="loops per pair (default 5)")
     parser.add_argument("--concurrency", default="1,32", help="calls in flight, comma-separated (default 1,32)")
     parser.add_argument("--rows", type=int, default=1, help="rows per request (default 1: per-call overhead)")
     parser.add_argument("--no-triton", action="store_true", help="skip tritonclient")
-    parser.add_argument("--json", type=Path, help="also write every sample to this file")
+    parser.add_argument("--json", type=Path, help="also write every repeat's medians to this file")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     rng = np.random.default_rng(0)
     a = rng.standard_normal((args.rows, 4)).astype(np.float32)
     b = rng.standard_normal((args.rows, 4)).astype(np.float32)
-    samples: dict[int, dict[str, list[Sample]]] = {c: {name: [] for name in ORDER} for c in levels}
+    # samples[c][pair] = list over repeats of [raw median us, client median us]
+    samples: dict[int, dict[str, list[list[float]]]] = {c: {} for c in levels}
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp)
         models.save(models.add_sub(), repo, MODEL)
-        server_args = ["--model-repository", str(repo), "--grpc-port", "0", "--http-port", "-1"]
-        with serve_in_subprocess(server_args) as server:
-            target = server.grpc_target
+        with serve_in_subprocess(["--model-repository", str(repo), "--grpc-port", "0", "--http-port", "-1"]) as srv:
             for repeat in range(args.repeats):
                 for c in levels:
-                    for name, run in IN_PROCESS.items():
-                        samples[c][name].append(run(target, a, b, c, args.seconds))
+                    got = samples[c]
+                    got.setdefault("ortserve_client sync", []).append(sdk_sync(srv.grpc_target, a, b, c, args.seconds))
+                    got.setdefault("ortserve_client aio", []).append(sdk_aio(srv.grpc_target, a, b, c, args.seconds))
                     if not args.no_triton:
-                        triton = run_triton(target, args.rows, c, args.seconds)
-                        samples[c]["tritonclient (sync)"].append(triton["sync"])
-                        samples[c]["tritonclient (aio)"].append(triton["aio"])
+                        triton = triton_pairs(srv.grpc_target, args.rows, c, args.seconds)
+                        got.setdefault("tritonclient sync", []).append(triton["sync"])
+                        got.setdefault("tritonclient aio", []).append(triton["aio"])
                 print(f"repeat {repeat + 1}/{args.repeats} done", file=sys.stderr)
-    print(f"add_sub FP32 [{args.rows},4] x2, {args.seconds:g} s x {args.repeats} repeats, interleaved; "
-          f"{os.cpu_count()} cores shared by client and server")
+    load = os.getloadavg()[0]
+    print(
+        f"add_sub FP32 [{args.rows},4] x2; {args.seconds:g} s paired loops x {args.repeats} repeats; "
+        f"{os.cpu_count()} cores shared by client and server; load average at the end {load:.1f}"
+    )
+    print("per-call latency in us, median [min-max] over repeats of each loop's median; ratio = client / raw")
     for c in levels:
         print(f"\nconcurrency {c}")
-        print(f"  {'variant':<24} {'calls/s median [min-max]':>28} {'vs raw':>7} {'client CPU us/call':>19}")
-        for name in ORDER:
-            if not samples[c][name]:
-                continue
-            med, low, high = summary(samples[c][name], "calls_per_s")
-            cpu = summary(samples[c][name], "cpu_us_per_call")[0]
-            raw_name = "raw stubs (aio)" if "aio" in name else "raw stubs (sync)"
-            ratio = med / summary(samples[c][raw_name], "calls_per_s")[0]
-            print(f"  {name:<24} {med:>10.0f} [{low:>6.0f}-{high:>6.0f}]     {ratio:>6.2f} {cpu:>19.0f}")
+        print(f"  {'pair':<22} {'raw stubs':>20} {'client':>20} {'ratio':>20}")
+        for pair, runs in samples[c].items():
+            raw = [r[0] for r in runs]
+            client = [r[1] for r in runs]
+            ratio = [r[1] / r[0] for r in runs]
+
+            def cell(values: list[float], fmt: str) -> str:
+                return f"{statistics.median(values):{fmt}} [{min(values):{fmt}}-{max(values):{fmt}}]"
+
+            print(f"  {pair:<22} {cell(raw, '.0f'):>20} {cell(client, '.0f'):>20} {cell(ratio, '.3f'):>20}")
     if args.json:
         args.json.write_text(json.dumps({str(c): samples[c] for c in levels}, indent=2))
     return 0
