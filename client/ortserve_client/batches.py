@@ -21,6 +21,11 @@ def named_inputs(inputs: Mapping[str, Any] | Array, metadata: ModelMetadata | No
     return {metadata.inputs[0].name: np.asarray(inputs)}
 
 
+def rows_of(inputs: Mapping[str, Array]) -> int:
+    """The first dimension of the inputs (0 without any)."""
+    return max((a.shape[0] for a in inputs.values() if a.ndim), default=0)
+
+
 def split_rows(inputs: Mapping[str, Array], batch_size: int) -> list[dict[str, Array]]:
     """Consecutive slices of at most `batch_size` rows of every input (views, no copy)."""
     if batch_size < 1:

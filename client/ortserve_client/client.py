@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from ortserve_client.batches import join_rows, named_inputs, split_rows
+from ortserve_client.batches import join_rows, named_inputs, rows_of, split_rows
 from ortserve_client.codec import Array, ParameterValue
 from ortserve_client.errors import error_from_rpc
 from ortserve_client.metadata import ModelMetadata, RepositoryModel, ServerMetadata
@@ -211,10 +211,8 @@ class InferenceClient(ClientBase):
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         metadata = None if isinstance(inputs, Mapping) else self.model_metadata(model, version, timeout=timeout)
         named = named_inputs(inputs, metadata)
-        if batch_size is None:
-            batch_size = self.model_config(model, version, timeout=timeout).max_batch_size or len(
-                next(iter(named.values()))
-            )
+        if batch_size is None:  # the model's own limit; 0 means not batchable: one request
+            batch_size = self.model_config(model, version, timeout=timeout).max_batch_size or rows_of(named)
         chunks = split_rows(named, max(batch_size, 1))
         wanted = None if outputs is None else list(outputs)
         with ThreadPoolExecutor(min(concurrency, max(len(chunks), 1)), thread_name_prefix="infer_many") as pool:

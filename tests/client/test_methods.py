@@ -225,3 +225,12 @@ def test_async_methods(srv: RunningServer) -> None:
         assert await client.is_model_ready("unloaded")
 
     run(srv, body)
+
+
+def test_leaving_a_stream_early_cancels_it(client: InferenceClient) -> None:
+    requests = (InferRequest("add_sub", {"INPUT0": A, "INPUT1": B}) for _ in range(1000))
+    stream = client.infer_stream(requests)
+    first = next(stream)
+    assert first.error is None and len(first) == 2
+    stream.close()  # what leaving a for loop early does
+    assert client.infer("add_sub", {"INPUT0": A, "INPUT1": B}).model_name == "add_sub"
