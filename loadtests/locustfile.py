@@ -239,7 +239,8 @@ def read_stats() -> server_stats.Snapshot | None:
     def read(address: str, model: str) -> list[pb.ModelStatistics]:
         client = PROCESS.client if address == PROCESS.host else PROCESS.stats_clients.get(address)
         if client is None:
-            client = PROCESS.stats_clients[address] = make_client(PROCESS.options, address)
+            name = PROCESS.host.removeprefix("dns:///").rpartition(":")[0]  # the pods' certificate name
+            client = PROCESS.stats_clients[address] = make_client(PROCESS.options, address, name)
         return client.model_statistics(model, timeout=10)
 
     try:

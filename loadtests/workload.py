@@ -34,9 +34,12 @@ class ModelLoad:
         self.cycle = itertools.cycle(self.requests)
 
 
-def make_client(options: Any, target: str) -> InferenceClient:
-    """A process's SDK client. No retries: each attempt's outcome is what is measured."""
-    tls = TlsConfig.from_files(ca=options.tls_ca) if options.tls_ca else None
+def make_client(options: Any, target: str, server_name: str | None = None) -> InferenceClient:
+    """A process's SDK client. No retries: each attempt's outcome is what is measured.
+
+    `server_name`: the name to check a TLS certificate against when `target` is one pod's address.
+    """
+    tls = TlsConfig.from_files(ca=options.tls_ca, server_name=server_name) if options.tls_ca else None
     return InferenceClient(
         target, tls=tls, token=options.token or None, retry=None, default_timeout_s=options.request_timeout_s
     )
