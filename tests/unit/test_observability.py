@@ -23,6 +23,10 @@ FAMILIES = [
     "nv_inference_compute_input_duration_us",
     "nv_inference_compute_infer_duration_us",
     "nv_inference_compute_output_duration_us",
+    "nv_cache_num_hits_per_model",
+    "nv_cache_num_misses_per_model",
+    "nv_cache_hit_duration_per_model",
+    "nv_cache_miss_duration_per_model",
 ]
 
 
@@ -196,3 +200,15 @@ def test_collectors_on_separate_registries_do_not_interfere() -> None:
     a, b = busy_stats(), ModelStats()
     assert 'nv_inference_count{model="m",version="1"} 3.0' in scrape([("m", "1", a)])
     assert 'nv_inference_count{model="m",version="1"} 0.0' in scrape([("m", "1", b)])
+
+
+def test_response_cache_hits_and_misses_use_tritons_cache_families() -> None:
+    stats = ModelStats()
+    stats.record_cache_hit(9_000, 2_500)
+    stats.record_cache_hit(9_000, 1_500)
+    stats.cache_miss.add(7_900)
+    text = scrape([("m", "1", stats)])
+    assert 'nv_cache_num_hits_per_model{model="m",version="1"} 2' in text
+    assert 'nv_cache_num_misses_per_model{model="m",version="1"} 1' in text
+    assert 'nv_cache_hit_duration_per_model{model="m",version="1"} 4' in text
+    assert 'nv_cache_miss_duration_per_model{model="m",version="1"} 7' in text

@@ -73,6 +73,18 @@ _FAMILIES: tuple[tuple[str, str, Callable[[ModelStats], int]], ...] = (
         "Cumulative compute output duration in microseconds",
         lambda s: s.compute_output.ns // 1000,
     ),
+    ("nv_cache_num_hits_per_model", "Number of response cache hits per model", lambda s: s.cache_hit.count),
+    ("nv_cache_num_misses_per_model", "Number of response cache misses per model", lambda s: s.cache_miss.count),
+    (
+        "nv_cache_hit_duration_per_model",
+        "Cumulative response cache hit lookup duration in microseconds",
+        lambda s: s.cache_hit.ns // 1000,
+    ),
+    (
+        "nv_cache_miss_duration_per_model",
+        "Cumulative response cache miss lookup and insert duration in microseconds",
+        lambda s: s.cache_miss.ns // 1000,
+    ),
 )
 
 _HISTOGRAMS: tuple[tuple[str, str, Callable[[ModelStats], Histogram], float], ...] = (
