@@ -46,6 +46,8 @@ class Profile:
     """Per thread: function anywhere in the stack -> samples."""
     ortserve: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     """Per thread: the innermost ortserve function of each sample -> samples."""
+    names: dict[int, str] = field(default_factory=dict)
+    """Native thread id -> Python thread name."""
 
 
 def parse_raw(text: str) -> Profile:
@@ -57,7 +59,12 @@ def parse_raw(text: str) -> Profile:
             continue
         count = int(count_text)
         frames = stack.split(";")
-        thread = frames.pop(0).split(": ", 1)[-1] if frames[0].startswith(("thread", "process")) else "?"
+        thread = "?"
+        if frames[0].startswith(("thread", "process")):
+            head, _, thread = frames.pop(0).partition(": ")
+            tid = head.rpartition("(")[2].rstrip(")")
+            if tid.isdigit():
+                profile.names[int(tid)] = thread
         frames = [_LINE.sub(")", f) for f in frames]
         profile.total += count
         profile.threads[thread] += count
@@ -75,7 +82,7 @@ def parse_raw(text: str) -> Profile:
 def _load(pa: Path, target: str, model: str, concurrency: int) -> subprocess.Popen[bytes]:
     """perf_analyzer asked for far more requests than the profile needs: it runs until stopped."""
     command = [str(pa), "-m", model, "-i", "grpc", "-u", target, "-b", "1", "--async"]
-    command += ["--concurrency-range", f"{concurrency}:{concurrency}", "--max-threads", "4"]
+    command += ["--concurrency-range", f"{concurrency}:{concurrency}", "--max-threads", "1"]
     command += ["--measurement-mode", "count_windows", "--measurement-request-count", "10000000"]
     command += ["-s", "100000", "-r", "3"]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -88,7 +95,7 @@ def _report(profile: Profile, label: str, requests: int, wall: float, cpu: float
         f"{label}: {requests / wall:.0f} infer/s, server CPU {100 * cpu / wall:.0f}% of a core, "
         f"{1e6 * cpu / max(requests, 1):.0f} us CPU per request (sampling included); {profile.total} samples"
     )
-    print("\nrunning samples per thread: % of all, us per request")
+    print("\nsampled 'running' per thread (py-spy counts some blocked waits as running): % of all, us per request")
     for thread, n in profile.threads.most_common(8):
         print(f"  {100 * n / total:5.1f}%  {n * us_per_sample:6.1f} us  {thread}")
     for thread, _ in profile.threads.most_common(3):
@@ -149,11 +156,15 @@ def main(argv: list[str] | None = None) -> int:
                 spy += ["--rate", str(args.rate), "--format", "raw", "--output", str(raw), "--threads"]
                 # Native stacks need the process paused at each sample (py-spy refuses --nonblocking).
                 spy.append("--native" if args.native else "--nonblocking")
-                counts0, cpu0 = servers.counts(proc.target, name), proc.cpu_s()
+                counts0, cpu0, threads0 = servers.counts(proc.target, name), proc.cpu_s(), proc.thread_cpu_s()
                 started = time.perf_counter()
                 done = subprocess.run(spy, capture_output=True, text=True)
                 wall = time.perf_counter() - started
                 counts1, cpu = servers.counts(proc.target, name), proc.cpu_s() - cpu0
+                threads = {
+                    tid: (name, seconds - threads0.get(tid, (name, 0.0))[1])
+                    for tid, (name, seconds) in proc.thread_cpu_s().items()
+                }
             finally:
                 load.terminate()
                 load.wait(10)
@@ -166,6 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     label = f"{args.server} {name}, C={args.concurrency}"
     if args.server == "ortserve":
         label += f", mean batch {requests / max(executions, 1):.1f}"
+    print(f"CPU time per thread (from /proc, exact; names from py-spy): us per request over {requests} requests")
+    for tid, (os_name, seconds) in sorted(threads.items(), key=lambda kv: -kv[1][1]):
+        if seconds > 0:
+            print(f"  {1e6 * seconds / max(requests, 1):7.1f} us  {profile.names.get(tid, os_name)} ({tid})")
+    print()
     _report(profile, label, requests, wall, cpu, args.rate, args.top)
     return 0
 

@@ -3,9 +3,11 @@
 Why perf_analyzer: it is C++, so at the RPC-bound end (a few thousand requests/s) it takes far
 less of the 2 shared cores than a Python gRPC client would (a grpc.aio client costs about as
 much CPU per call as a grpc.aio server), and it is the tool Triton users measure with; it is
-the same binary for every server. `--async` keeps the concurrency with a few threads instead
-of one per request. Count windows give every measurement the same number of samples per
-window whatever the server's speed; the stability threshold is set out of reach, so that each
+the same binary for every server. `--async` keeps the concurrency with one worker thread
+(`--max-threads 1`: on the quiet 2-core machine it gave the highest rate at concurrency 64
+against the RPC ceiling and the least client CPU, against 2, 4 and the default 16). Count
+windows give every measurement the same number of samples per window whatever the server's
+speed; the stability threshold is set out of reach, so that each
 measurement is exactly three windows, reported merged (perf_analyzer's rule), and the suite
 takes medians and ranges over repeats itself.
 
@@ -95,7 +97,7 @@ def measure(
             "-r",
             "3",
             "--max-threads",
-            "4",
+            "1",
             "-f",
             str(out),
         ]

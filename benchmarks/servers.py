@@ -5,7 +5,8 @@
   on CPU with `--intra-op-threads` set to the suite's budget, HTTP off.
 
 `Proc.cpu_s()` reads the process's CPU time (all threads, user + system) from /proc, so the
-suite can say how much of the 2 cores a server used during a measurement.
+suite can say how much of the 2 cores a server used during a measurement; `Proc.thread_cpu_s()`
+the same per thread (hotspots.py).
 """
 
 from __future__ import annotations
@@ -39,11 +40,26 @@ class Proc:
     """What the process wrote to stderr (ortserve: its log)."""
 
     def cpu_s(self) -> float:
-        try:
-            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return 0.0
-        return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
+        return _stat_cpu_s(Path(f"/proc/{self.pid}/stat"))
+
+    def thread_cpu_s(self) -> dict[int, tuple[str, float]]:
+        """CPU time per thread: {native thread id: (OS thread name, seconds)}."""
+        times: dict[int, tuple[str, float]] = {}
+        for task in Path(f"/proc/{self.pid}/task").glob("*"):
+            try:
+                name = (task / "comm").read_text().strip()
+            except OSError:
+                continue
+            times[int(task.name)] = (name, _stat_cpu_s(task / "stat"))
+        return times
+
+
+def _stat_cpu_s(stat: Path) -> float:
+    try:
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
 
 
 @contextmanager

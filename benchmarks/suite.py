@@ -1,6 +1,6 @@
 """The benchmark suite of issue 3: ortserve against its ceilings, on one machine, in one run.
 
-    python -m benchmarks                      # full run (about 7-9 min), writes docs/performance.md
+    python -m benchmarks                      # full run (about 7 min), writes docs/performance.md
     python -m benchmarks --quick              # smoke (about 1-2 min), writes nothing unless --write
     python -m benchmarks --mode table         # only the server table
     python -m benchmarks --mode latency-target
@@ -190,8 +190,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     elapsed = time.perf_counter() - started
     load_end = os.getloadavg()
     notes.append(
-        f"Load average (1 min) {load_start[0]:.2f} at the start, {load_end[0]:.2f} at the end; "
-        "`others CPU %` is what the rest of the machine used during each measurement (100 = one core)."
+        f"Load average (1 min) {load_start[0]:.2f} at the start, {load_end[0]:.2f} at the end "
+        "(the suite's own load included); `others CPU %` is what the rest of the machine used during each "
+        "measurement, beside the server and the load generator (100 = one core)."
     )
     text, md = render(args, argv, env, specs, notes, table, latency, elapsed, profile)
     print(text, flush=True)

@@ -136,7 +136,7 @@ def table_rows(t: TableResults) -> tuple[list[str], list[list[str]]]:
                 f"{LABELS['inprocess']}, best batch ({t.best_batch(m)})",
                 "-",
                 summary([x.rows_per_s for x in ceil]),
-                summary([x.ms_per_batch for x in ceil], 2) + " per batch",
+                _per_item_us(ceil),
                 "",
                 "1",
                 "",
@@ -230,3 +230,9 @@ def table_targets(t: TableResults) -> list[list[str]]:
         ]
     )
     return rows
+
+
+def _per_item_us(ceiling: Sequence[inprocess.Throughput]) -> str:
+    """Microseconds per row at the best batch size of each repeat (in the p50 column)."""
+    values = [1000 * t.ms_per_row for t in ceiling]
+    return summary(values, 2 if max(values) < 10 else 0) + " µs/item"
