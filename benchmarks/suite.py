@@ -89,7 +89,9 @@ def render(
         for m in MODELS:
             by_batch = list(zip(*t.sweeps[m], strict=True))
             sweep_rows.append([f"{m} rows/s"] + [summary([x.rows_per_s for x in ts]) for ts in by_batch])
-            sweep_rows.append([f"{m} ms/item"] + [f"{median([x.ms_per_row for x in ts]):.3f}" for ts in by_batch])
+            sweep_rows.append(
+                [f"{m} µs/item"] + [f"{median([1000 * x.ms_per_row for x in ts]):.2f}" for ts in by_batch]
+            )
         md += [
             "### In-process ONNX Runtime by batch size (the compute ceiling is the best of each repeat)",
             "",
