@@ -22,7 +22,6 @@ far less than throughput.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import socket
 import statistics
@@ -36,8 +35,9 @@ from concurrent import futures
 from pathlib import Path
 from typing import Any
 
+from benchmarks import loadgen
+
 ROOT = Path(__file__).resolve().parents[1]
-PERF_ANALYZER = ROOT / ".ci" / "venvs" / "perf-analyzer" / "bin" / "perf_analyzer_wrapped"
 MODEL = "add_sub"
 
 
@@ -201,15 +201,6 @@ def otlp_receiver() -> tuple[Any, int, list[int]]:
 # -- the load -------------------------------------------------------------------------------------------
 
 
-def perf_analyzer_path() -> Path:
-    path = Path(os.environ.get("PERF_ANALYZER") or PERF_ANALYZER)
-    if not os.access(path, os.X_OK):
-        raise SystemExit(
-            f"perf_analyzer not found at {path}: run `bash .ci/setup-perf-analyzer.sh` or set PERF_ANALYZER"
-        )
-    return path
-
-
 def measure_server(path: Path, server: Server, concurrency: int, requests: int) -> tuple[float, float]:
     """(inferences/s, server CPU microseconds per request) of one perf_analyzer run."""
     cpu, count = server.cpu_s(), server.requests()
@@ -219,40 +210,11 @@ def measure_server(path: Path, server: Server, concurrency: int, requests: int) 
 
 
 def measure(path: Path, grpc_port: int, concurrency: int, requests: int) -> float:
-    """Inferences/s of three merged count windows of `requests` each."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "pa.csv"
-        command = [
-            str(path),
-            "-m",
-            MODEL,
-            "-i",
-            "grpc",
-            "-u",
-            f"127.0.0.1:{grpc_port}",
-            "-b",
-            "1",
-            "--async",
-            "--concurrency-range",
-            f"{concurrency}:{concurrency}",
-            "--measurement-mode",
-            "count_windows",
-            "--measurement-request-count",
-            str(requests),
-            "-s",
-            "100000",
-            "-r",
-            "3",
-            "--max-threads",
-            "4",
-            "-f",
-            str(out),
-        ]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=600)
-        if done.returncode != 0 or not out.exists():
-            raise RuntimeError(f"perf_analyzer failed: {(done.stdout + done.stderr)[-2000:]}")
-        with out.open() as f:
-            return float(next(csv.DictReader(f))["Inferences/Second"])
+    """Inferences/s of three merged count windows of `requests` each (the suite's perf_analyzer run)."""
+    result = loadgen.measure(path, f"127.0.0.1:{grpc_port}", MODEL, concurrency, requests, timeout_s=600, max_threads=4)
+    if result.error:
+        raise RuntimeError(f"perf_analyzer failed: {result.error}")
+    return result.infer_per_s
 
 
 def spread(values: list[float]) -> str:
@@ -272,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         mode, repo, grpc_port, http_port = args.child
         return child(mode, repo, int(grpc_port), int(http_port))
 
-    path = perf_analyzer_path()
+    path = loadgen.find_perf_analyzer()
     receiver, otlp_port, received = otlp_receiver()
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp)

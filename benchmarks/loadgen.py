@@ -70,6 +70,7 @@ def measure(
     concurrency: int,
     requests_per_window: int,
     timeout_s: float = 300,
+    max_threads: int = 1,
 ) -> Measurement:
     """Closed loop: `concurrency` one-row requests always in flight, until three windows are done."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -97,7 +98,7 @@ def measure(
             "-r",
             "3",
             "--max-threads",
-            "1",
+            str(max_threads),
             "-f",
             str(out),
         ]
