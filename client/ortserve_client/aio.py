@@ -8,6 +8,7 @@ cancels the RPC: the server drops the request if it has not run yet.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
@@ -18,11 +19,12 @@ from ortserve_client.batches import join_rows, named_inputs, rows_of, split_rows
 from ortserve_client.codec import Array, ParameterValue
 from ortserve_client.errors import error_from_rpc
 from ortserve_client.metadata import ModelMetadata, RepositoryModel, ServerMetadata
-from ortserve_client.policy import ClientBase, code_of
+from ortserve_client.policy import ClientBase
 from ortserve_client.proto import grpc_service_pb2 as pb
 from ortserve_client.proto import grpc_service_pb2_grpc as pb_grpc
 from ortserve_client.proto import model_config_pb2 as mc
 from ortserve_client.request import InferRequest, build_from, build_infer_request, version_str
+from ortserve_client.resilience import UNAVAILABLE, code_of, retry_call_async
 from ortserve_client.result import InferResult, decode_infer_response, decode_stream_response
 
 R = TypeVar("R")
@@ -39,10 +41,23 @@ class AsyncInferenceClient(ClientBase):
     def _open(self) -> None:
         self._channel = self.settings.open_aio()
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._stream_channel: Any = None
+        self._stream_stub: Any = None
+
+    def _streams(self) -> Any:
+        """The stub for streams: on a channel with gRPC's retry policy, opened at the first stream."""
+        if not self.settings.retries_streams:
+            return self._stub
+        if self._stream_stub is None:  # one event loop: no lock needed
+            self._stream_channel = self.settings.open_aio(retrying=True)
+            self._stream_stub = pb_grpc.GRPCInferenceServiceStub(self._stream_channel)  # type: ignore[no-untyped-call]
+        return self._stream_stub
 
     async def close(self) -> None:
-        """Close the channel; calls in flight are cancelled."""
+        """Close the channels; calls in flight are cancelled."""
         await self._channel.close()
+        if self._stream_channel is not None:
+            await self._stream_channel.close()
 
     async def __aenter__(self) -> AsyncInferenceClient:
         return self
@@ -55,26 +70,36 @@ class AsyncInferenceClient(ClientBase):
     async def _call(
         self, method: Callable[..., Awaitable[R]], request: Any, timeout: float | None, key: str | None = None
     ) -> R:
-        """One unary call; `key` (the model) puts it under the circuit breaker, if there is one."""
+        """One unary call, retried on UNAVAILABLE; `key` (the model) puts it under the circuit breaker."""
         policy = self.policy
+        timeout_s = policy.timeout(timeout)
+        metadata = policy.metadata()
         breaker = policy.breaker if key is not None else None
-        if breaker is None:
-            try:
-                return await method(request, timeout=policy.timeout(timeout), metadata=policy.metadata())
-            except grpc.RpcError as exc:
-                raise error_from_rpc(exc) from exc
-        assert key is not None
-        breaker.admit(key)
+        if breaker is not None:
+            breaker.admit(key or "")
         code = None
+        start = time.monotonic()
         try:
-            response = await method(request, timeout=policy.timeout(timeout), metadata=policy.metadata())
+            try:
+                response = await method(request, timeout=timeout_s, metadata=metadata)
+            except grpc.RpcError as exc:
+                retry = policy.retry
+                if retry is None or code_of(exc) is not UNAVAILABLE:
+                    raise
+                deadline = None if timeout_s is None else start + timeout_s
+
+                def attempt(t: float | None) -> Awaitable[R]:
+                    return method(request, timeout=t, metadata=metadata)
+
+                response = await retry_call_async(attempt, retry, deadline, exc)
             code = OK
             return response
         except grpc.RpcError as exc:
             code = code_of(exc)
             raise error_from_rpc(exc) from exc
         finally:
-            breaker.record(key, code)
+            if breaker is not None:
+                breaker.record(key or "", code)
 
     # -- health and metadata ------------------------------------------------------------
 
@@ -192,7 +217,7 @@ class AsyncInferenceClient(ClientBase):
                 raise
 
         policy = self.policy
-        call = self._stub.ModelStreamInfer(
+        call = self._streams().ModelStreamInfer(
             messages(), timeout=policy.stream_timeout(timeout), metadata=policy.metadata()
         )
         try:

@@ -1,13 +1,15 @@
 """InferenceClient: the synchronous client, thin over the shared request builder and decoder.
 
 Each method builds its request (no I/O), makes one call through the client's long-lived
-channel under the call policy (deadline, metadata, breaker), and decodes the answer; a
+channel under the call policy (deadline, metadata, retries, breaker), and decodes the answer; a
 failed call raises the `errors` class of its status code, with the grpc.RpcError chained.
 The client is thread-safe: share one per process and target.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
@@ -19,11 +21,12 @@ from ortserve_client.batches import join_rows, named_inputs, rows_of, split_rows
 from ortserve_client.codec import Array, ParameterValue
 from ortserve_client.errors import error_from_rpc
 from ortserve_client.metadata import ModelMetadata, RepositoryModel, ServerMetadata
-from ortserve_client.policy import ClientBase, code_of
+from ortserve_client.policy import ClientBase
 from ortserve_client.proto import grpc_service_pb2 as pb
 from ortserve_client.proto import grpc_service_pb2_grpc as pb_grpc
 from ortserve_client.proto import model_config_pb2 as mc
 from ortserve_client.request import InferRequest, build_from, build_infer_request, version_str
+from ortserve_client.resilience import UNAVAILABLE, code_of, retry_call
 from ortserve_client.result import InferResult, decode_infer_response, decode_stream_response
 
 R = TypeVar("R")
@@ -41,10 +44,26 @@ class InferenceClient(ClientBase):
     def _open(self) -> None:
         self._channel = self.settings.open()
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._stream_channel: Any = None
+        self._stream_stub: Any = None
+        self._stream_lock = threading.Lock()
+
+    def _streams(self) -> Any:
+        """The stub for streams: on a channel with gRPC's retry policy, opened at the first stream."""
+        if not self.settings.retries_streams:
+            return self._stub
+        with self._stream_lock:
+            if self._stream_stub is None:
+                self._stream_channel = self.settings.open(retrying=True)
+                self._stream_stub = pb_grpc.GRPCInferenceServiceStub(self._stream_channel)  # type: ignore[no-untyped-call]
+            return self._stream_stub
 
     def close(self) -> None:
-        """Close the channel; calls in flight are cancelled."""
+        """Close the channels; calls in flight are cancelled."""
         self._channel.close()
+        with self._stream_lock:
+            if self._stream_channel is not None:
+                self._stream_channel.close()
 
     def __enter__(self) -> InferenceClient:
         return self
@@ -55,26 +74,32 @@ class InferenceClient(ClientBase):
         self.close()
 
     def _call(self, method: Callable[..., R], request: Any, timeout: float | None, key: str | None = None) -> R:
-        """One unary call; `key` (the model) puts it under the circuit breaker, if there is one."""
+        """One unary call, retried on UNAVAILABLE; `key` (the model) puts it under the circuit breaker."""
         policy = self.policy
+        timeout_s = policy.timeout(timeout)
+        metadata = policy.metadata()
         breaker = policy.breaker if key is not None else None
-        if breaker is None:
-            try:
-                return method(request, timeout=policy.timeout(timeout), metadata=policy.metadata())
-            except grpc.RpcError as exc:
-                raise error_from_rpc(exc) from exc
-        assert key is not None
-        breaker.admit(key)
+        if breaker is not None:
+            breaker.admit(key or "")
         code = None
+        start = time.monotonic()
         try:
-            response = method(request, timeout=policy.timeout(timeout), metadata=policy.metadata())
+            try:
+                response = method(request, timeout=timeout_s, metadata=metadata)
+            except grpc.RpcError as exc:
+                retry = policy.retry
+                if retry is None or code_of(exc) is not UNAVAILABLE:
+                    raise
+                deadline = None if timeout_s is None else start + timeout_s
+                response = retry_call(lambda t: method(request, timeout=t, metadata=metadata), retry, deadline, exc)
             code = OK
             return response
         except grpc.RpcError as exc:
             code = code_of(exc)
             raise error_from_rpc(exc) from exc
         finally:
-            breaker.record(key, code)
+            if breaker is not None:
+                breaker.record(key or "", code)
 
     # -- health and metadata ------------------------------------------------------------
 
@@ -177,7 +202,7 @@ class InferenceClient(ClientBase):
                 raise
 
         policy = self.policy
-        call = self._stub.ModelStreamInfer(
+        call = self._streams().ModelStreamInfer(
             messages(), timeout=policy.stream_timeout(timeout), metadata=policy.metadata()
         )
         try:

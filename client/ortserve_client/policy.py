@@ -1,4 +1,4 @@
-"""What every call of both clients carries: the deadline, the metadata and the circuit breaker.
+"""What every call of both clients carries: the deadline, the metadata, retries and the circuit breaker.
 
 `ClientBase` takes the constructor arguments shared by `InferenceClient` and
 `AsyncInferenceClient` and turns them, once, into `ChannelSettings` and a `CallPolicy`.
@@ -10,8 +10,6 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import grpc
-
 from ortserve_client.channel import ChannelSettings, Metadata, TlsConfig, auth_metadata, parse_url
 from ortserve_client.resilience import CircuitBreaker, RetryPolicy
 from ortserve_client.tracing import trace_metadata
@@ -20,17 +18,23 @@ DEFAULT_RETRY = RetryPolicy()
 
 
 class CallPolicy:
-    """Deadline, metadata and breaker of each call."""
+    """Deadline, metadata, retry policy and breaker of each call."""
 
-    __slots__ = ("default_timeout_s", "breaker", "_metadata")
+    __slots__ = ("default_timeout_s", "breaker", "retry", "_metadata")
 
     def __init__(
-        self, default_timeout_s: float | None, metadata: Metadata, breaker: CircuitBreaker | None
+        self,
+        default_timeout_s: float | None,
+        metadata: Metadata,
+        breaker: CircuitBreaker | None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         if default_timeout_s is not None and default_timeout_s <= 0:
             raise ValueError(f"default_timeout_s must be positive or None, got {default_timeout_s}")
         self.default_timeout_s = default_timeout_s
         self.breaker = breaker
+        self.retry = retry if retry is not None and retry.max_attempts > 1 else None
+        """Retries of unary calls on UNAVAILABLE (None: one attempt)."""
         self._metadata = metadata
 
     def timeout(self, timeout: float | None) -> float | None:
@@ -53,11 +57,6 @@ class CallPolicy:
         return self._metadata or None
 
 
-def code_of(error: grpc.RpcError) -> grpc.StatusCode:
-    code = getattr(error, "code", None)
-    return code() if callable(code) else grpc.StatusCode.UNKNOWN
-
-
 class ClientBase:
     """The configuration shared by the sync and asyncio clients.
 
@@ -70,7 +69,7 @@ class ClientBase:
         headers: further metadata sent with every call.
         default_timeout_s: deadline of every call that passes no `timeout` (None: no deadline).
             Streams have no deadline unless `infer_stream` is given one.
-        retry: gRPC retry policy on UNAVAILABLE (None: no retries).
+        retry: retries on UNAVAILABLE (None: no retries); see `resilience`.
         circuit_breaker: fail inference fast after repeated UNAVAILABLE (None: off, the default).
         compression: "gzip" or "deflate" for requests (None: off).
         load_balancing: "round_robin" (default) or "pick_first" over the target's addresses.
@@ -114,7 +113,7 @@ class ClientBase:
             extra_options=tuple(channel_options),
         )
         self.policy = CallPolicy(
-            default_timeout_s, auth_metadata(token, api_key, api_key_header, headers), circuit_breaker
+            default_timeout_s, auth_metadata(token, api_key, api_key_header, headers), circuit_breaker, retry
         )
         self._open()
 

@@ -1,8 +1,9 @@
 """A scripted GRPCInferenceService for what a real ortserve cannot show: how many attempts a
 call made, what metadata each attempt carried, and TLS/mTLS handshakes.
 
-`scripted_server(codes)` answers ModelInfer with the next status code of `codes` (None: OK,
-echoing the request's model name and id) and records every attempt's metadata.
+`scripted_server(codes)` answers ModelInfer (and opens a ModelStreamInfer stream) with the
+next status code of `codes` (None: OK, echoing each request's model name and id) and records
+every attempt's metadata.
 """
 
 from __future__ import annotations
@@ -33,6 +34,15 @@ class Scripted(pb_grpc.GRPCInferenceServiceServicer):
     def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
         self._answer(context)
         return pb.ModelInferResponse(model_name=request.model_name, id=request.id)
+
+    def ModelStreamInfer(
+        self, request_iterator: Iterator[pb.ModelInferRequest], context: Any
+    ) -> Iterator[pb.ModelStreamInferResponse]:
+        self._answer(context)  # before any request is read: a failure here is retryable
+        for request in request_iterator:
+            yield pb.ModelStreamInferResponse(
+                infer_response=pb.ModelInferResponse(model_name=request.model_name, id=request.id)
+            )
 
     def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
         self._answer(context)

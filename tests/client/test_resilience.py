@@ -19,6 +19,7 @@ from ortserve_client import (
     DeadlineExceededError,
     InferenceClient,
     InferenceServerError,
+    InferRequest,
     InternalServerError,
     InvalidInputError,
     ModelNotFoundError,
@@ -120,14 +121,66 @@ def test_unavailable_is_retried_with_bounded_attempts() -> None:
     unavailable = [StatusCode.UNAVAILABLE] * 2
     with scripted_server(unavailable) as server, InferenceClient(server.target, retry=FAST_RETRY) as c:
         assert c.infer("m", {"x": X}, request_id="r").id == "r"
-        attempts = server.servicer.attempts
-        assert len(attempts) == 3
-        assert [a.get("grpc-previous-rpc-attempts") for a in attempts] == [None, "1", "2"]
-    for policy, attempts_made in ((FAST_RETRY, 4), (None, 1)):
-        with scripted_server([StatusCode.UNAVAILABLE] * 10) as server:
+        assert len(server.servicer.attempts) == 3
+    # Exactly max_attempts: retried by the client alone, never by gRPC as well (that would multiply them).
+    for policy, attempts_made in ((FAST_RETRY, 4), (None, 1), (RetryPolicy(max_attempts=1), 1)):
+        with scripted_server([StatusCode.UNAVAILABLE] * 20) as server:
             with InferenceClient(server.target, retry=policy) as c, pytest.raises(ServerUnavailableError):
                 c.infer("m", {"x": X})
             assert len(server.servicer.attempts) == attempts_made
+
+
+def test_async_unavailable_is_retried_with_bounded_attempts() -> None:
+    async def body(target: str) -> None:
+        async with AsyncInferenceClient(target, retry=FAST_RETRY) as c:
+            assert (await c.infer("m", {"x": X}, request_id="r")).id == "r"
+            with pytest.raises(ServerUnavailableError):
+                await c.infer("m", {"x": X})
+
+    with scripted_server([StatusCode.UNAVAILABLE] * 2 + [None] + [StatusCode.UNAVAILABLE] * 20) as server:
+        asyncio.run(body(server.target))
+        assert len(server.servicer.attempts) == 3 + 4
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_retries_stay_within_the_deadline(asynchronous: bool) -> None:
+    """Backoffs of up to 5 s against a 0.3 s deadline: the call gives up at the deadline."""
+    slow = RetryPolicy(max_attempts=5, initial_backoff_s=5.0, max_backoff_s=5.0)
+    with scripted_server([StatusCode.UNAVAILABLE] * 20) as server:
+        start = time.monotonic()
+        with pytest.raises((ServerUnavailableError, DeadlineExceededError)):
+            if asynchronous:
+
+                async def body() -> None:
+                    async with AsyncInferenceClient(server.target, retry=slow, default_timeout_s=0.3) as c:
+                        await c.infer("m", {"x": X})
+
+                asyncio.run(body())
+            else:
+                with InferenceClient(server.target, retry=slow, default_timeout_s=0.3) as c:
+                    c.infer("m", {"x": X})
+        assert time.monotonic() - start < 1.5
+
+
+def test_stream_start_is_retried() -> None:
+    """Streams keep gRPC's own retries: a stream refused UNAVAILABLE before any answer is sent again."""
+    requests = [InferRequest("m", {"x": X}, request_id=str(i)) for i in range(3)]
+    with scripted_server([StatusCode.UNAVAILABLE] * 2) as server:
+        with InferenceClient(server.target, retry=FAST_RETRY) as c:
+            assert sorted(r.id for r in c.infer_stream(requests)) == ["0", "1", "2"]
+        assert len(server.servicer.attempts) == 3
+
+        async def body() -> list[str]:
+            async with AsyncInferenceClient(server.target, retry=FAST_RETRY) as c:
+                return sorted([r.id async for r in c.infer_stream(requests)])
+
+        server.servicer.codes[:] = [StatusCode.UNAVAILABLE]
+        assert asyncio.run(body()) == ["0", "1", "2"]
+        assert len(server.servicer.attempts) == 5
+    with scripted_server([StatusCode.UNAVAILABLE]) as server:
+        with InferenceClient(server.target, retry=None) as c, pytest.raises(ServerUnavailableError):
+            list(c.infer_stream(requests))
+        assert len(server.servicer.attempts) == 1
 
 
 @pytest.mark.parametrize(
@@ -213,6 +266,21 @@ def test_open_circuit_sends_nothing() -> None:
             clock.now += 1.0
             assert c.infer("m", {"x": X}).model_name == "m"
             assert len(server.servicer.attempts) == 4
+
+
+def test_breaker_counts_a_call_once_whatever_its_retries() -> None:
+    breaker = CircuitBreaker(failure_threshold=2, reset_timeout_s=60.0, clock=FakeClock())
+    with scripted_server([StatusCode.UNAVAILABLE] * 20) as server:
+        with InferenceClient(server.target, retry=FAST_RETRY, circuit_breaker=breaker) as c:
+            with pytest.raises(ServerUnavailableError):
+                c.infer("m", {"x": X})
+            assert breaker.state("m") == "closed" and len(server.servicer.attempts) == 4
+            with pytest.raises(ServerUnavailableError):
+                c.infer("m", {"x": X})
+            assert breaker.state("m") == "open" and len(server.servicer.attempts) == 8
+            with pytest.raises(CircuitOpenError):
+                c.infer("m", {"x": X})
+            assert len(server.servicer.attempts) == 8
 
 
 def test_async_circuit_breaker(srv: RunningServer) -> None:
