@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 
+import numpy as np
+
 from ortserve_client.codec import Array, ParameterValue, decode_contents, decode_raw, get_parameters
+from ortserve_client.dtypes import NUMPY_OF
 from ortserve_client.errors import InferenceServerError
 from ortserve_client.proto import grpc_service_pb2 as pb
+
+_FIXED = {name: dtype for name, dtype in NUMPY_OF.items() if name != "BYTES"}
 
 
 class InferResult(Mapping[str, Array]):
@@ -16,7 +21,7 @@ class InferResult(Mapping[str, Array]):
     one to write into it. BYTES outputs are object arrays of `bytes`.
     """
 
-    __slots__ = ("model_name", "model_version", "id", "error", "_outputs", "_datatypes", "_response")
+    __slots__ = ("error", "_outputs", "_datatypes", "_response")
 
     def __init__(
         self,
@@ -25,17 +30,26 @@ class InferResult(Mapping[str, Array]):
         datatypes: dict[str, str],
         error: str | None = None,
     ) -> None:
-        self.model_name: str = response.model_name
-        """The model that answered."""
-        self.model_version: str = response.model_version
-        """Its version."""
-        self.id: str = response.id
-        """The request id, echoed."""
         self.error: str | None = error
         """In `infer_stream` only: why this request failed (None when it succeeded)."""
         self._outputs = outputs
         self._datatypes = datatypes
         self._response = response
+
+    @property
+    def model_name(self) -> str:
+        """The model that answered."""
+        return self._response.model_name
+
+    @property
+    def model_version(self) -> str:
+        """Its version."""
+        return self._response.model_version
+
+    @property
+    def id(self) -> str:
+        """The request id, echoed."""
+        return self._response.id
 
     def __getitem__(self, name: str) -> Array:
         return self._outputs[name]
@@ -90,7 +104,16 @@ def decode_infer_response(response: pb.ModelInferResponse) -> InferResult:
         for tensor, data in zip(tensors, raw, strict=True):
             name = tensor.name
             datatype = tensor.datatype
-            outputs[name] = decode_raw(name, datatype, tensor.shape, data)
+            dtype = _FIXED.get(datatype)
+            array = None
+            if dtype is not None:  # the common case inline: a read-only view of the bytes
+                try:
+                    array = np.ndarray(tensor.shape, dtype, data)
+                except (TypeError, ValueError):  # negative dims, too few bytes: decode_raw says what
+                    pass
+            if array is None or array.nbytes != len(data):  # BYTES, unknown datatype, bad size
+                array = decode_raw(name, datatype, tensor.shape, data)
+            outputs[name] = array
             datatypes[name] = datatype
     else:
         for tensor in tensors:

@@ -105,6 +105,27 @@ def test_decode_raw_outputs() -> None:
     assert result.raise_for_error() is result
 
 
+def test_decoded_arrays_are_read_only_views_of_the_response() -> None:
+    y = np.arange(8, dtype=np.int64).reshape(2, 2, 2)
+    result = decode_infer_response(_response([("y", "INT64", [2, 2, 2]), ("e", "FP32", [0, 3])], [y.tobytes(), b""]))
+    assert result["y"].shape == (2, 2, 2) and result["y"].dtype == np.int64 and not result["y"].flags.writeable
+    np.testing.assert_array_equal(result["y"], y)
+    assert result["e"].shape == (0, 3)
+
+
+def test_input_templates_follow_each_call_and_stay_unchanged() -> None:
+    """Requests copy a shared InferInputTensor per (name, datatype, shape); changing one changes no other."""
+    first = build_infer_request("m", {"x": np.zeros((1, 4), np.float32)})
+    first.inputs[0].shape[0] = 99
+    first.inputs[0].parameters["p"].bool_param = True
+    again = build_infer_request("m", {"x": np.zeros((1, 4), np.float32)})
+    assert again.inputs[0] == pb.ModelInferRequest.InferInputTensor(name="x", datatype="FP32", shape=[1, 4])
+    other = build_infer_request("m", {"x": np.zeros((3, 4), np.int8), "y": np.zeros((), np.float64)})
+    assert [(t.name, t.datatype, list(t.shape)) for t in other.inputs] == [("x", "INT8", [3, 4]), ("y", "FP64", [])]
+    for rows in range(1, 1500):  # more shapes than the table keeps: still right
+        assert list(build_infer_request("m", {"x": np.zeros((rows, 1), np.uint8)}).inputs[0].shape) == [rows, 1]
+
+
 def test_decode_typed_contents() -> None:
     """Servers that answer with typed `contents` instead of raw bytes."""
     response = pb.ModelInferResponse(model_name="m")
@@ -125,6 +146,8 @@ def test_decode_typed_contents() -> None:
     ("outputs", "raw", "message"),
     [
         ([("y", "FP32", [2])], [b"\x00" * 7], "needs 8 bytes, got 7"),
+        ([("y", "FP32", [2])], [b"\x00" * 12], "needs 8 bytes, got 12"),
+        ([("y", "FP32", [-1, 2])], [b"\x00" * 8], r"FP32 \[-1, 2\] needs -8 bytes, got 8"),
         ([("y", "FP32", [2])], [], "needs 2 values"),
         ([("y", "FP32", [1])], [b"\x00" * 4, b""], "1 outputs but 2 raw"),
         ([("y", "BYTES", [2])], [struct.pack("<I", 1) + b"a"], "element 1 of 2 has no length prefix"),
