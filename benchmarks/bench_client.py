@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The client SDK's per-call cost against raw generated stubs and tritonclient, on one server.
 
-    python benchmarks/bench_client.py [--seconds 1] [--repeats 5] [--concurrency 1,32] [--rows 1]
+    python benchmarks/bench_client.py [--seconds 1] [--repeats 7] [--concurrency 1,32] [--rows 1]
                                       [--no-triton] [--json FILE]
 
 One `ortserve serve` subprocess serves add_sub (FP32 [rows, 4] x 2 -> 2 outputs). Against it,
@@ -19,9 +19,20 @@ moments; this is what makes a comparison possible on a shared, noisy machine:
   ortserve_client): raw stubs (tritonclient's own generated ones, the same code as above) vs
   tritonclient.grpc (InferInput.set_data_from_numpy + infer + as_numpy).
 
-Each repeat gives every variant's median call latency and the ratio of the client's to the raw
-stubs' median in the same loop; the table shows median [min-max] over the repeats. A ratio of
-1.05 means 5% more time per call than raw stubs. The client shares the cores with the server.
+Beside each paired loop, the same two variants run *alone*, in closed loops of the same
+concurrency, in blocks A B B A of `seconds`/2 each (so that a drift of the machine cancels):
+calls per second of each, and the client process's CPU per call (user + system, gRPC's
+threads included; the server is another process). At concurrency 32 these are the measures
+that can tell: there the paired calls share one queue on the two cores, so a client's
+cheaper call shortens the wait of every call, its rival's too, and the paired latencies stay
+within noise of each other whatever the clients cost; alone, a client that costs less CPU
+per call leaves more of the cores to the server. The calls/s of blocks are at the mercy of
+whatever else runs on the machine; the CPU per call much less so.
+
+The table shows, over the repeats, median [min-max] of: each loop's median latency; the
+paired latency ratio (client / raw stubs, same loop); the blocks' time-per-call ratio (raw
+stubs' calls/s / the client's); and the client CPU per call of each and their ratio. A
+ratio of 1.05 means 5% more than raw stubs. The client shares the cores with the server.
 """
 
 from __future__ import annotations
@@ -116,6 +127,76 @@ async def paired_async(calls: Sequence[Callable[[], Awaitable[Any]]], concurrenc
     return [statistics.median(v) * 1e6 for v in latencies]
 
 
+def alone_sync(call: Callable[[], Any], concurrency: int, seconds: float) -> tuple[int, float]:
+    """`concurrency` threads calling `call` for `seconds`: (calls made, seconds taken)."""
+    counts = [0] * concurrency
+    gate = threading.Barrier(concurrency + 1)
+    stop = [0.0]
+
+    def worker(index: int) -> None:
+        clock = time.perf_counter
+        gate.wait()
+        n = 0
+        while clock() < stop[0]:
+            call()
+            n += 1
+        counts[index] = n
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
+    for t in threads:
+        t.start()
+    start = time.perf_counter()
+    stop[0] = start + seconds
+    gate.wait()
+    for t in threads:
+        t.join()
+    return sum(counts), time.perf_counter() - start
+
+
+async def alone_async(call: Callable[[], Awaitable[Any]], concurrency: int, seconds: float) -> tuple[int, float]:
+    """`concurrency` tasks awaiting `call` for `seconds`: (calls made, seconds taken)."""
+    clock = time.perf_counter
+    start = clock()
+    stop = start + seconds
+
+    async def worker() -> int:
+        n = 0
+        while clock() < stop:
+            await call()
+            n += 1
+        return n
+
+    counts = await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return sum(counts), clock() - start
+
+
+def blocks_sync(calls: Sequence[Callable[[], Any]], concurrency: int, seconds: float) -> list[float]:
+    """The two `calls` alone, in blocks A B B A of `seconds`: [calls/s of A, of B, CPU us per call of A, of B].
+
+    CPU is this process's (user + system, gRPC's threads included): the client's, not the server's.
+    """
+    made, spent, cpu = [0, 0], [0.0, 0.0], [0.0, 0.0]
+    for index in (0, 1, 1, 0):
+        used = time.process_time()
+        n, took = alone_sync(calls[index], concurrency, seconds)
+        cpu[index] += time.process_time() - used
+        made[index] += n
+        spent[index] += took
+    return [made[0] / spent[0], made[1] / spent[1], cpu[0] / made[0] * 1e6, cpu[1] / made[1] * 1e6]
+
+
+async def blocks_async(calls: Sequence[Callable[[], Awaitable[Any]]], concurrency: int, seconds: float) -> list[float]:
+    """`blocks_sync` on the event loop."""
+    made, spent, cpu = [0, 0], [0.0, 0.0], [0.0, 0.0]
+    for index in (0, 1, 1, 0):
+        used = time.process_time()
+        n, took = await alone_async(calls[index], concurrency, seconds)
+        cpu[index] += time.process_time() - used
+        made[index] += n
+        spent[index] += took
+    return [made[0] / spent[0], made[1] / spent[1], cpu[0] / made[0] * 1e6, cpu[1] / made[1] * 1e6]
+
+
 # -- this process: raw stubs vs ortserve_client ---------------------------------------------
 
 
@@ -146,11 +227,8 @@ def sdk_sync(target: str, a: Any, b: Any, concurrency: int, seconds: float) -> l
     inputs = {"INPUT0": a, "INPUT1": b}
     with InferenceClient(target) as client:
         try:
-            return paired_sync(
-                [lambda: raw_outputs(stub.ModelInfer(raw_request(a, b))), lambda: client.infer(MODEL, inputs)],
-                concurrency,
-                seconds,
-            )
+            calls = [lambda: raw_outputs(stub.ModelInfer(raw_request(a, b))), lambda: client.infer(MODEL, inputs)]
+            return paired_sync(calls, concurrency, seconds) + blocks_sync(calls, concurrency, seconds / 2)
         finally:
             channel.close()
 
@@ -168,7 +246,9 @@ def sdk_aio(target: str, a: Any, b: Any, concurrency: int, seconds: float) -> li
 
         async with AsyncInferenceClient(target) as client:
             try:
-                return await paired_async([raw, lambda: client.infer(MODEL, inputs)], concurrency, seconds)
+                calls = [raw, lambda: client.infer(MODEL, inputs)]
+                paired = await paired_async(calls, concurrency, seconds)
+                return paired + await blocks_async(calls, concurrency, seconds / 2)
             finally:
                 await channel.close()
 
@@ -178,6 +258,7 @@ def sdk_aio(target: str, a: Any, b: Any, concurrency: int, seconds: float) -> li
 # -- a subprocess: raw stubs vs tritonclient ------------------------------------------------
 
 TRITON_SCRIPT = r"""
+from __future__ import annotations  # the shared functions' annotations are never evaluated
 import asyncio, json, statistics, sys, threading, time
 import grpc
 from grpc import aio
@@ -204,7 +285,8 @@ client = grpcclient.InferenceServerClient(target)
 def triton():
     result = client.infer(MODEL, inputs(grpcclient))
     return result.as_numpy("OUTPUT0"), result.as_numpy("OUTPUT1")
-out = {{"sync": paired_sync([lambda: raw_outputs(stub.ModelInfer(raw_request(a, b))), triton], concurrency, seconds)}}
+calls = [lambda: raw_outputs(stub.ModelInfer(raw_request(a, b))), triton]
+out = {{"sync": paired_sync(calls, concurrency, seconds) + blocks_sync(calls, concurrency, seconds / 2)}}
 client.close()
 
 async def main():
@@ -216,7 +298,8 @@ async def main():
         result = await aclient.infer(MODEL, inputs(aioclient))
         return result.as_numpy("OUTPUT0"), result.as_numpy("OUTPUT1")
     try:
-        return await paired_async([raw, atriton], concurrency, seconds)
+        paired = await paired_async([raw, atriton], concurrency, seconds)
+        return paired + await blocks_async([raw, atriton], concurrency, seconds / 2)
     finally:
         await aclient.close()
 out["aio"] = asyncio.run(main())
@@ -224,26 +307,20 @@ print(json.dumps(out))
 """
 
 
-def _untyped(source: str) -> str:
-    for annotation in (
-        " -> list[float]",
-        " -> pb.ModelInferRequest",
-        " -> dict[str, np.ndarray[Any, Any]]",
-        ": Sequence[Callable[[], Awaitable[Any]]]",
-        ": Sequence[Callable[[], Any]]",
-        ": np.ndarray[Any, Any]",
-        ": pb.ModelInferResponse",
-        ": list[list[float]]",
-        ": int",
-        ": float",
-        " -> None",
-    ):
-        source = source.replace(annotation, "")
-    return source
-
-
 def triton_pairs(target: str, rows: int, concurrency: int, seconds: float) -> dict[str, list[float]]:
-    shared = "\n".join(_untyped(inspect.getsource(f)) for f in (paired_sync, paired_async, raw_request, raw_outputs))
+    shared = "\n".join(
+        inspect.getsource(f)
+        for f in (
+            paired_sync,
+            paired_async,
+            alone_sync,
+            alone_async,
+            blocks_sync,
+            blocks_async,
+            raw_request,
+            raw_outputs,
+        )
+    )
     done = subprocess.run(
         [sys.executable, "-c", TRITON_SCRIPT.format(shared=shared), target, str(rows), str(concurrency), str(seconds)],
         capture_output=True,
@@ -265,7 +342,7 @@ Row = tuple[str, str, str]  # (label, mode, key of the raw baseline in the same 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=1.0, help="length of one paired loop (default 1)")
-    parser.add_argument("--repeats", type=int, default=5, help="loops per pair (default 5)")
+    parser.add_argument("--repeats", type=int, default=7, help="loops per pair (default 7)")
     parser.add_argument("--concurrency", default="1,32", help="calls in flight, comma-separated (default 1,32)")
     parser.add_argument("--rows", type=int, default=1, help="rows per request (default 1: per-call overhead)")
     parser.add_argument("--no-triton", action="store_true", help="skip tritonclient")
@@ -275,7 +352,8 @@ def main() -> int:
     rng = np.random.default_rng(0)
     a = rng.standard_normal((args.rows, 4)).astype(np.float32)
     b = rng.standard_normal((args.rows, 4)).astype(np.float32)
-    # samples[c][pair] = list over repeats of [raw median us, client median us]
+    # samples[c][pair] = list over repeats of [raw median us, client median us, raw calls/s, client calls/s,
+    #                                          raw client-CPU us/call, client client-CPU us/call]
     samples: dict[int, dict[str, list[list[float]]]] = {c: {} for c in levels}
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp)
@@ -296,19 +374,30 @@ def main() -> int:
         f"add_sub FP32 [{args.rows},4] x2; {args.seconds:g} s paired loops x {args.repeats} repeats; "
         f"{os.cpu_count()} cores shared by client and server; load average at the end {load:.1f}"
     )
-    print("per-call latency in us, median [min-max] over repeats of each loop's median; ratio = client / raw")
+    print("paired: per-call latency in us and ratio client / raw, median [min-max] over repeats of each loop's median")
+    print("alone: blocks A B B A; time ratio = raw calls/s / client calls/s; client CPU us per call and its ratio")
+
+    def cell(values: list[float], fmt: str) -> str:
+        return f"{statistics.median(values):{fmt}} [{min(values):{fmt}}-{max(values):{fmt}}]"
+
     for c in levels:
         print(f"\nconcurrency {c}")
-        print(f"  {'pair':<22} {'raw stubs':>20} {'client':>20} {'ratio':>20}")
+        print(
+            f"  {'pair':<20} {'raw stubs us':>18} {'client us':>18} {'paired ratio':>20}"
+            f" {'alone time ratio':>20} {'raw CPU us':>14} {'client CPU us':>14} {'CPU ratio':>20}"
+        )
         for pair, runs in samples[c].items():
-            raw = [r[0] for r in runs]
-            client = [r[1] for r in runs]
-            ratio = [r[1] / r[0] for r in runs]
-
-            def cell(values: list[float], fmt: str) -> str:
-                return f"{statistics.median(values):{fmt}} [{min(values):{fmt}}-{max(values):{fmt}}]"
-
-            print(f"  {pair:<22} {cell(raw, '.0f'):>20} {cell(client, '.0f'):>20} {cell(ratio, '.3f'):>20}")
+            columns = [
+                cell([r[0] for r in runs], ".0f"),
+                cell([r[1] for r in runs], ".0f"),
+                cell([r[1] / r[0] for r in runs], ".3f"),
+                cell([r[2] / r[3] for r in runs], ".3f"),
+                cell([r[4] for r in runs], ".0f"),
+                cell([r[5] for r in runs], ".0f"),
+                cell([r[5] / r[4] for r in runs], ".3f"),
+            ]
+            widths = (18, 18, 20, 20, 14, 14, 20)
+            print(f"  {pair:<20} " + " ".join(f"{text:>{width}}" for text, width in zip(columns, widths, strict=True)))
     if args.json:
         args.json.write_text(json.dumps({str(c): samples[c] for c in levels}, indent=2))
     return 0
