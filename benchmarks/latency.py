@@ -13,6 +13,7 @@ from benchmarks.report import median, summary
 
 TARGET_MS = 50
 LT_CONCURRENCY = 64
+NO_BACKOFF = "_nobackoff"
 
 
 @dataclass
@@ -47,13 +48,17 @@ def run_latency_target(bench: Bench, spec: models.ModelSpec, repo: Path) -> Late
         models.write_model(repo, name, spec, f"dynamic_batching {{ max_queue_delay_microseconds: {d} }}")
     target = f"cnn_target{TARGET_MS}"
     models.write_model(repo, target, spec, "dynamic_batching { }", {"latency_target_ms": str(TARGET_MS)})
+    # The same config as its own model (its controller state apart), loaded by a client that
+    # ignores the retry hints: the worst case, shown beside the verdict's row.
+    blunt = target + NO_BACKOFF
+    models.write_model(repo, blunt, spec, "dynamic_batching { }", {"latency_target_ms": str(TARGET_MS)})
     rows: dict[str, list[Sample]] = defaultdict(list)
     with servers.ortserve(repo, bench.threads) as proc:
         available, reason = latency_target_support(proc.lines)
-        measured = [*names, target] if available else names
+        measured = [*names, target, blunt] if available else names
         for r in range(profile.repeats):
             for name in rotated(measured, r):
-                sample = bench.pyload(proc, name, LT_CONCURRENCY)
+                sample = bench.pyload(proc, name, LT_CONCURRENCY, follow_hints=not name.endswith(NO_BACKOFF))
                 rows[name].append(sample)
                 refused = sum(sample.refused_per_s.values())
                 shown = sample.error or (
@@ -117,8 +122,10 @@ def latency_rows(lt: LatencyResults) -> tuple[list[str], list[list[str]]]:
     best = best_static(lt)
     for name, samples in lt.rows.items():
         good = succeeded(samples)
-        label = name.replace("cnn_delay", "max_queue_delay_microseconds ").replace(
-            f"cnn_target{TARGET_MS}", f"latency_target_ms {TARGET_MS}"
+        label = (
+            name.replace("cnn_delay", "max_queue_delay_microseconds ")
+            .replace(NO_BACKOFF, ", client ignores retry-after-ms")
+            .replace(f"cnn_target{TARGET_MS}", f"latency_target_ms {TARGET_MS}")
         )
         if best is not None and name == best[0]:
             label += " (best static)" if best[2] else " (best static; none met the target)"

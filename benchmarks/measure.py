@@ -103,7 +103,8 @@ class Bench:
             sample.mean_batch = requests / executions
         return sample
 
-    def pyload(self, proc: servers.Proc, name: str, concurrency: int) -> Sample:
+    def pyload(self, proc: servers.Proc, name: str, concurrency: int, follow_hints: bool = True) -> Sample:
+        """One pyload run; `follow_hints=False`: the client resends refused calls at once."""
         counts0 = servers.counts(proc.target, name)
         cpu0, (busy0, steal0), client0 = proc.cpu_s(), cpu_times(), loadgen.cpu_of_children()
         start = time.perf_counter()
@@ -122,6 +123,7 @@ class Bench:
                 str(self.profile.lt_seconds),
                 "--warmup-s",
                 str(self.profile.lt_warmup_s),
+                *([] if follow_hints else ["--ignore-retry-after"]),
             ],
             cwd=ROOT,
             capture_output=True,

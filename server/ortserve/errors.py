@@ -9,7 +9,8 @@ status codes, most specific class first. No class here knows a transport code.
     ├── UnavailableError            retry elsewhere or later
     │   ├── ModelNotReadyError      the model is loading, unloading or failed to load
     │   ├── ServerDrainingError     the server is shutting down
-    │   └── QueueFullError          a queue bound was hit
+    │   ├── QueueFullError          a queue bound was hit
+    │   └── LatencyTargetError      over a model's latency target (carries a retry hint)
     ├── ResourceExhaustedError      a size or rate limit was exceeded
     │   └── RateLimitedError        a client's rate limit (carries a retry hint)
     ├── AuthenticationError         credentials are missing or invalid
@@ -26,6 +27,10 @@ from __future__ import annotations
 
 class OrtserveError(Exception):
     """Base of every error ortserve raises on purpose; the message is for the caller."""
+
+    retry_after_ms: int | None = None
+    """When set, the caller may retry after this many milliseconds: the status edge sends it
+    as `retry-after-ms` trailing metadata (a hint a client that backs off can follow)."""
 
 
 class ModelNotFoundError(OrtserveError):
@@ -50,6 +55,14 @@ class ServerDrainingError(UnavailableError):
 
 class QueueFullError(UnavailableError):
     """A queue bound was reached."""
+
+
+class LatencyTargetError(UnavailableError):
+    """The request cannot finish within the model's latency target; retry later or elsewhere."""
+
+    def __init__(self, message: str, *, retry_after_ms: int) -> None:
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
 
 
 class ResourceExhaustedError(OrtserveError):

@@ -54,6 +54,15 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
         "strings_batched",
         "max_batch_size: 8\ndynamic_batching { max_queue_delay_microseconds: 300000 }\n",
     )
+    # Under a 50 ms latency target: once its cost model has seen ~60 ms batches, a request
+    # queued behind a busy instance cannot make the target and is refused at once.
+    models.save(sleeper(batchable=True), repo, "sleeper_target")
+    write_config(
+        repo,
+        "sleeper_target",
+        "max_batch_size: 8\ndynamic_batching { }\n"
+        'parameters { key: "latency_target_ms" value { string_value: "50" } }\n',
+    )
     with serve_in_thread(repo, http_port=-1) as running:
         yield running
 
@@ -487,3 +496,33 @@ def test_stream_request_with_expired_timeout(srv: RunningServer, clock: SleeperC
         return True
 
     while_busy(attempt, seconds=1.0)
+
+
+def test_over_the_latency_target_is_refused_at_once_with_a_retry_hint(srv: RunningServer, clock: SleeperClock) -> None:
+    def batch_request(iterations: int) -> pb.ModelInferRequest:
+        return infer_request("sleeper_target", {"x": np.array([[iterations]], np.int64)})
+
+    slow = clock.iterations(0.06)
+    for _ in range(8):  # the cost model learns that a batch takes ~60 ms
+        srv.stub.ModelInfer(batch_request(slow))
+
+    def attempt(seconds: float) -> bool:
+        busy = srv.stub.ModelInfer.future(batch_request(clock.iterations(seconds)), timeout=120)
+        time.sleep(0.2)  # time for it to reach the instance
+        start = time.monotonic()
+        error = rpc_error(lambda: srv.stub.ModelInfer(batch_request(1)))
+        took = time.monotonic() - start
+        conclusive = not busy.done()
+        busy.result()
+        if not conclusive:
+            return False
+        assert error.code() is StatusCode.UNAVAILABLE, error
+        assert "over the latency target of 50 ms" in error.details() and "retry after" in error.details()
+        hint = dict(error.trailing_metadata() or ())["retry-after-ms"]
+        assert int(hint) >= 100  # at least two target periods
+        assert took < 0.5  # refused at once, not after the busy batch
+        return True
+
+    while_busy(attempt)
+    srv.stub.ModelInfer(batch_request(1))  # the instance free again: admitted
+    assert_still_serves(srv)

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from ortserve.protocol.interceptors import METHOD_SCOPES, RETRY_AFTER_MS, scope_of
+from ortserve.protocol.interceptors import METHOD_SCOPES, scope_of
+from ortserve.protocol.status import RETRY_AFTER_MS
 from ortserve.security import Scope
 from ortserve.security.apikeys import hash_key, new_key
 from ortserve_client.proto import grpc_service_pb2 as pb

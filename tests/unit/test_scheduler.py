@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ortserve.batching import BatchPolicy, DynamicBatcher, LatencyController, LatencyTargetError, QueuePolicy
-from ortserve.batching.controller import ADMIT_FRACTION, CostModel
+from ortserve.batching.controller import ADMIT_FRACTION, MIN_SCALE, SETPOINT, CostModel
 from ortserve.errors import DeadlineExceededError, InvalidInputError, QueueFullError
 from tests.unit.test_batcher import Runner, run, until, x
 
@@ -248,6 +248,55 @@ def test_admission_rejects_what_cannot_make_the_target() -> None:
     assert controller.admit(rows_ahead=40, rows=1, busy_instances=2) == pytest.approx(estimate)
 
 
+def calibrated(target_ms: float = 20, instances: int = 1) -> LatencyController:
+    controller = LatencyController(target_ms=target_ms, instances=instances, max_batch_size=8)
+    for rows in (1, 2, 4, 8):
+        controller.observe(rows, rows * MS)  # 1 ms per row
+    return controller
+
+
+def test_a_request_with_nothing_ahead_and_a_free_instance_is_always_admitted() -> None:
+    controller = calibrated(target_ms=1)  # even a single row (1 ms) is over 0.8 ms
+    assert controller.admit(rows_ahead=0, rows=4, busy_instances=0) is None
+    assert controller.admit(rows_ahead=0, rows=4, busy_instances=1) is not None  # behind a running batch
+    assert controller.admit(rows_ahead=1, rows=4, busy_instances=0) is not None
+
+
+def test_feedback_shrinks_admission_while_the_tail_is_over_the_setpoint_and_relaxes_after() -> None:
+    controller = calibrated(target_ms=20)
+    assert controller.setpoint_ns == pytest.approx(SETPOINT * 20 * MS)
+    # An estimate of 12.5 ms (half a running 8-row batch, then one more): inside 0.8 * 20 ms.
+    assert controller.admit(rows_ahead=7, rows=1, busy_instances=1) is None
+    for _ in range(30):  # every batch, a tenth of its requests over the setpoint: p99 far over
+        controller.observe_latencies(over=1, answered=10)
+    assert controller.admit_scale < 0.5
+    refused = controller.admit(rows_ahead=7, rows=1, busy_instances=1)
+    assert refused is not None and refused > controller.admit_bound_ns
+    for _ in range(500):  # the tail back under the setpoint: the bound grows back, up to its ceiling
+        controller.observe_latencies(over=0, answered=10)
+    assert controller.admit_scale == 1.0 and controller.admit_bound_ns == pytest.approx(ADMIT_FRACTION * 20 * MS)
+    assert controller.admit(rows_ahead=7, rows=1, busy_instances=1) is None
+
+
+def test_feedback_within_the_tail_budget_leaves_the_bound_alone_and_has_a_floor() -> None:
+    controller = calibrated()
+    for _ in range(200):  # one request in 150 over the setpoint: within a p99
+        controller.observe_latencies(over=0, answered=10)
+        controller.observe_latencies(over=1 if _ % 15 == 0 else 0, answered=10)
+    assert controller.admit_scale == 1.0
+    for _ in range(1000):
+        controller.observe_latencies(over=10, answered=10)
+    assert controller.admit_scale == pytest.approx(MIN_SCALE)
+    controller.observe_latencies(over=0, answered=0)  # an empty report changes nothing
+    assert controller.admit_scale == pytest.approx(MIN_SCALE)
+
+
+def test_the_retry_hint_is_when_the_queue_drains_and_at_least_two_targets() -> None:
+    controller = calibrated(target_ms=20)
+    assert controller.retry_after_ns(5 * MS) == pytest.approx(40 * MS)
+    assert controller.retry_after_ns(90 * MS) == pytest.approx(90 * MS)
+
+
 def test_the_batcher_caps_batches_and_sheds_load_under_a_target() -> None:
     per_row_s = 0.002
 
@@ -270,6 +319,7 @@ def test_the_batcher_caps_batches_and_sheds_load_under_a_target() -> None:
         served = [r for r in results if not isinstance(r, BaseException)]
         assert shed and served, results
         assert "over the latency target of 20 ms" in str(shed[0])
+        assert all(r.retry_after_ms is not None and r.retry_after_ms >= 40 for r in shed)
         assert max(runner.rows) <= 5
         assert sum(runner.rows) == len(served)  # nothing shed was computed
 

@@ -14,11 +14,11 @@ from ortserve.batching.batcher import (
     BatchReport,
     BatchResult,
     DynamicBatcher,
-    LatencyTargetError,
 )
 from ortserve.batching.controller import LatencyController
 from ortserve.batching.policy import BatchPolicy, QueuePolicy
 from ortserve.batching.tensors import concat_inputs, split_outputs
+from ortserve.errors import LatencyTargetError
 
 __all__ = [
     "BatchObserver",

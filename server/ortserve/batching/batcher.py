@@ -45,19 +45,15 @@ from ortserve.errors import (
     DeadlineExceededError,
     InternalError,
     InvalidInputError,
+    LatencyTargetError,
     ModelNotReadyError,
     OrtserveError,
-    UnavailableError,
 )
 
 log = logging.getLogger("ortserve.batching")
 
 Runner = Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
 """Runs one batch on one model instance, blocking; called on that instance's thread."""
-
-
-class LatencyTargetError(UnavailableError):
-    """The request cannot finish within the model's latency target; retry later or elsewhere."""
 
 
 @dataclass(slots=True)
@@ -272,9 +268,12 @@ class DynamicBatcher:
             )
         refused = controller.admit(ahead, rows, self._running)
         if refused is not None:
+            retry_ms = max(round(controller.retry_after_ns(refused) / 1e6), 1)
             raise LatencyTargetError(
                 f"model {self.name}: overloaded: the request would take about {refused / 1e6:.1f} ms, over the "
-                f"latency target of {self.policy.latency_target_ms:g} ms; retry later or on another replica"
+                f"latency target of {self.policy.latency_target_ms:g} ms; retry after {retry_ms} ms "
+                "(trailing metadata retry-after-ms) or on another replica",
+                retry_after_ms=retry_ms,
             )
 
     def _arm_timers(self, loop: asyncio.AbstractEventLoop, item: Pending, now: int, timeout_us: int) -> None:
@@ -395,8 +394,12 @@ class DynamicBatcher:
                 self._report(BatchReport(self.name, total, started, finished, error=error, contexts=contexts))
                 return
             parts, input_ns, infer_ns, output_ns = done
-            if self._controller is not None:
-                self._controller.observe(total, finished - started)
+            controller = self._controller
+            if controller is not None:
+                controller.observe(total, finished - started)
+                setpoint = controller.setpoint_ns
+                over = sum(1 for item in live if finished - item.enqueued_ns > setpoint)
+                controller.observe_latencies(over, len(live))
             for item, outputs in zip(live, parts, strict=True):
                 if not item.future.done():
                     item.future.set_result(

@@ -9,9 +9,21 @@ as high as the target allows:
 2. **Batch cap.** A request can wait for the batch before it and then run in its own, so the
    largest batch allowed is the largest b with 2 * t(b) <= T.
 3. **Admission.** A new request's completion time is estimated from the rows queued ahead of
-   it at its priority and above, the instances, and t(cap). If it cannot finish within
-   ADMIT_FRACTION * T (or before its own deadline) it is rejected at once, instead of being
-   computed late: a fast UNAVAILABLE lets the client retry elsewhere.
+   it at its priority and above, the instances, and t(cap). If it cannot finish within the
+   admission bound (ADMIT_FRACTION * T, trimmed by feedback, step 4) or before its own
+   deadline, it is rejected at once (never when nothing is queued ahead of it and an
+   instance is free: then it runs at once, as fast as it ever could), instead of being
+   computed late: a fast UNAVAILABLE lets the client retry elsewhere. The refusal carries a
+   retry hint: the time for what is queued now to drain, and at least two targets, so that a
+   client that follows it comes back when there is room instead of bouncing off a full queue.
+
+4. **Feedback.** The cost model predicts means; the target is a p99, and time the model does
+   not see (other work on the cores, the event loop) stretches the tail. So the controller
+   also watches the outcome: for every answered batch, how many of its requests spent longer
+   than SETPOINT * T in the batcher (queue + execution). While more than 1% do, it shrinks the
+   admission bound by a few percent per batch; while fewer than half a percent do, it lets the
+   bound grow back (never above ADMIT_FRACTION * T). The estimate sets the scale at once, the
+   feedback trims it to what the machine actually delivers.
 
 The controller holds plain numbers and uses no clock of its own, so tests drive it with a fake one.
 """
@@ -27,6 +39,23 @@ the estimate is a mean, the target a p99."""
 
 DECAY = 0.97
 """Weight kept by older observations at each new one (about the last 30 batches matter)."""
+
+SETPOINT = 0.6
+"""Feedback aims the p99 of batcher time (queue + execution) at this fraction of the target:
+the rest is for the time outside the batcher (decoding, gRPC, the network, the client), whose
+tail on a saturated 2-core machine measured 7-18 ms against a 50 ms target."""
+
+TAIL = 0.01
+"""The fraction of requests allowed over the setpoint (a p99)."""
+
+FEEDBACK_GAIN = 0.05
+"""Weight of the newest batch in the running fraction of requests over the setpoint."""
+
+SHRINK, GROW, MIN_SCALE = 0.97, 1.01, 0.05
+
+RETRY_TARGETS = 2.0
+"""A refused request's retry hint is at least this many target periods."""
+"""Per-batch factors on the admission bound while over / well under the tail, and its floor."""
 
 MIN_OBSERVATIONS = 3
 """Below this many observations the controller admits everything and does not cap."""
@@ -81,6 +110,19 @@ class LatencyController:
         self.instances = max(instances, 1)
         self.max_batch_size = max(max_batch_size, 1)
         self.cost = CostModel()
+        self.admit_scale = 1.0
+        """Feedback's factor on the admission bound, in [MIN_SCALE, 1]."""
+        self.over_rate = 0.0
+        """Running fraction of answered requests whose batcher time exceeded the setpoint."""
+
+    @property
+    def setpoint_ns(self) -> float:
+        return SETPOINT * self.target_ns
+
+    @property
+    def admit_bound_ns(self) -> float:
+        """The longest estimated completion time admitted now."""
+        return ADMIT_FRACTION * self.admit_scale * self.target_ns
 
     @property
     def ready(self) -> bool:
@@ -89,6 +131,16 @@ class LatencyController:
     def observe(self, rows: int, ns: int) -> None:
         """Record one executed batch (rows, dispatch-to-result wall time)."""
         self.cost.observe(rows, ns)
+
+    def observe_latencies(self, over: int, answered: int) -> None:
+        """Feedback from one answered batch: `over` of its `answered` requests exceeded the setpoint."""
+        if answered <= 0:
+            return
+        self.over_rate += FEEDBACK_GAIN * (over / answered - self.over_rate)
+        if self.over_rate > TAIL:
+            self.admit_scale = max(MIN_SCALE, self.admit_scale * SHRINK)
+        elif self.over_rate < TAIL / 2:
+            self.admit_scale = min(1.0, self.admit_scale * GROW)
 
     def batch_cap(self) -> int:
         """The largest batch whose execution leaves room for one batch of waiting."""
@@ -110,9 +162,20 @@ class LatencyController:
         running = 0.5 * per_batch if busy_instances >= self.instances else 0.0
         return running + rounds * per_batch
 
+    def retry_after_ns(self, refused_estimate_ns: float) -> float:
+        """The retry hint for a request refused with `refused_estimate_ns`.
+
+        When what is queued now has drained, and no sooner than RETRY_TARGETS target periods:
+        a client refused for the target's sake that came back sooner would most likely be
+        refused again, and each refusal costs both sides a round trip (in a closed loop at
+        concurrency 64 on the CNN, a one-target hint left twice the refusals of a two-target
+        one, and a fifth less throughput).
+        """
+        return max(refused_estimate_ns, RETRY_TARGETS * self.target_ns)
+
     def admit(self, rows_ahead: int, rows: int, busy_instances: int) -> float | None:
         """None if the request may join the queue, else the estimate (ns) that refuses it."""
-        if not self.ready:
-            return None
+        if not self.ready or (rows_ahead == 0 and busy_instances < self.instances):
+            return None  # nothing ahead and an instance free: refusing would not make anything faster
         estimate = self.estimate_ns(rows_ahead, rows, busy_instances)
-        return None if estimate <= ADMIT_FRACTION * self.target_ns else estimate
+        return None if estimate <= self.admit_bound_ns else estimate

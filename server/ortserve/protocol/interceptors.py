@@ -23,8 +23,8 @@ from typing import Any
 import grpc
 from grpc import aio
 
-from ortserve.errors import OrtserveError, RateLimitedError
-from ortserve.protocol.status import status_of
+from ortserve.errors import OrtserveError
+from ortserve.protocol.status import status_of, trailing_of
 from ortserve.security import AccessPolicy, AuditEntry, AuditLog, Principal, Scope, peer_host
 
 SERVICE = "/inference.GRPCInferenceService/"
@@ -48,9 +48,6 @@ METHOD_SCOPES: dict[str, Scope | None] = {
 """The scope each method needs (None: open). A method missing here needs model_control: deny by default."""
 
 AUDITED = {SERVICE + "RepositoryModelLoad": "load", SERVICE + "RepositoryModelUnload": "unload"}
-
-RETRY_AFTER_MS = "retry-after-ms"
-
 
 def scope_of(method: str) -> Scope | None:
     if method.startswith(OPEN_PREFIXES):
@@ -129,8 +126,7 @@ class SecurityInterceptor(aio.ServerInterceptor):  # type: ignore[misc]  # grpc 
             return principal
         except OrtserveError as exc:
             code, message = status_of(exc)
-            trailing = ((RETRY_AFTER_MS, str(exc.retry_after_ms)),) if isinstance(exc, RateLimitedError) else ()
-            await context.abort(code, message, trailing_metadata=trailing)
+            await context.abort(code, message, trailing_metadata=trailing_of(exc))
             raise AssertionError("unreachable: context.abort raises") from exc
 
     def _unary(self, inner: Any, scope: Scope, name: str, action: str | None) -> Any:

@@ -83,7 +83,17 @@ def mapped_errors(method: Handler[T]) -> Handler[T]:
                     message,
                     exc_info=exc,
                 )
-            await context.abort(code, message)
+            await context.abort(code, message, trailing_metadata=trailing_of(exc))
             raise AssertionError("unreachable: context.abort raises") from exc
 
     return wrapper
+
+
+RETRY_AFTER_MS = "retry-after-ms"
+"""Trailing metadata key of an error's retry hint (milliseconds, decimal)."""
+
+
+def trailing_of(exc: BaseException) -> tuple[tuple[str, str], ...]:
+    """The trailing metadata of a failed call: the retry hint, when the error carries one."""
+    retry_ms = getattr(exc, "retry_after_ms", None)
+    return () if retry_ms is None else ((RETRY_AFTER_MS, str(retry_ms)),)
