@@ -22,6 +22,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from ortserve.batching import BatchReport
 from ortserve.observability import RequestSpan, Tracing, current_request, tracing_from_env
 from ortserve.protocol.tracing import ObservabilityInterceptor
+from ortserve_client.proto import grpc_service_pb2 as pb
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 METHOD = "/inference.GRPCInferenceService/ModelInfer"
@@ -127,6 +128,20 @@ def test_a_failed_batch_is_an_error(spans: tuple[Tracing, InMemorySpanExporter])
     assert batch.status.status_code is StatusCode.ERROR and batch.status.description == "boom"
 
 
+def test_batch_span_found_behind_unsampled_requests(spans: tuple[Tracing, InMemorySpanExporter]) -> None:
+    tracing, exporter = spans
+    unsampled = RequestSpan("m", "1", "u")  # an unsampled root: no span at all
+    sampled = request_span(tracing, "s")
+    observe = tracing.batch_observer("m", "1")
+    observe(BatchReport("m_1", 3, 0, 1, contexts=[unsampled, None, sampled]))
+    (batch,) = exporter.get_finished_spans()
+    assert sampled.span is not None and batch.parent is not None
+    assert batch.parent.span_id == sampled.span.get_span_context().span_id
+    assert [link.context.span_id for link in batch.links] == [sampled.span.get_span_context().span_id]
+    observe(BatchReport("m_1", 2, 0, 1, contexts=[unsampled, None]))
+    assert len(exporter.get_finished_spans()) == 1  # a batch without a span of its own makes none
+
+
 def test_no_batch_span_when_no_request_of_the_batch_is_sampled() -> None:
     exporter = InMemorySpanExporter()
     provider = TracerProvider(sampler=ALWAYS_OFF)
@@ -151,6 +166,7 @@ class FakeContext:
     status: grpc.StatusCode | None = None
     message: str = ""
     seen: list[Any] = field(default_factory=list)
+    after: list[Any] = field(default_factory=list)
 
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         return self.metadata
@@ -181,7 +197,7 @@ class Wire:  # like protocol.wire.WireInferRequest: the message inside
 
 def run_call(
     interceptor: ObservabilityInterceptor, context: FakeContext, fail_with: grpc.StatusCode | None = None,
-    method: str = METHOD,
+    method: str = METHOD, request: Any = None,
 ) -> Any:
     async def behaviour(request: Any, ctx: FakeContext) -> str:
         ctx.seen.append(current_request())
@@ -195,7 +211,10 @@ def run_call(
             return grpc.unary_unary_rpc_method_handler(behaviour)
 
         handler = await interceptor.intercept_service(continuation, Details(method))
-        return await handler.unary_unary(Wire(), context)
+        try:
+            return await handler.unary_unary(Wire() if request is None else request, context)
+        finally:
+            context.after.append(current_request())  # in the same task: the call must have reset it
 
     return asyncio.run(main())
 
@@ -212,7 +231,7 @@ def test_server_span_parent_from_traceparent_and_current_request(spans: tuple[Tr
     assert span.attributes["rpc.grpc.status_code"] == 0 and span.status.status_code is StatusCode.UNSET
     (current,) = context.seen
     assert isinstance(current, RequestSpan) and current.request_id == "req-7" and current.span is not None
-    assert current_request() is None  # reset after the call
+    assert context.after == [None]  # reset after the call
 
 
 SERVER_FAULTS = [grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -281,3 +300,24 @@ def test_roots_are_sampled_at_the_ratio_without_making_spans_for_the_others() ->
     parent = TraceContextTextMapPropagator().extract({"traceparent": TRACEPARENT})
     followed = [tracing.start_request("m", parent, "m", "1", "x") for _ in range(50)]
     assert all(r.span is not None and r.span.is_recording() for r in followed)
+
+
+def test_an_unsampled_call_is_current_with_its_identity_and_leaves_no_span() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    interceptor = ObservabilityInterceptor(Tracing(provider, root_ratio=0.0))
+    message = pb.ModelInferRequest(model_name="iris", model_version="", id="r-1")  # as protocol.wire hands it
+    context = FakeContext()
+    assert run_call(interceptor, context, request=Wire(message)) == "ok"  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError):
+        run_call(interceptor, context, fail_with=grpc.StatusCode.INTERNAL, request=message)
+    assert all(isinstance(c, RequestSpan) and c.span is None for c in context.seen)
+    assert [c.log_fields() for c in context.seen] == [{"model": "iris", "version": "", "request_id": "r-1"}] * 2
+    assert context.after == [None, None]  # reset after either call
+    assert exporter.get_finished_spans() == ()
+    # a caller's sampled context is still followed at ratio 0
+    run_call(interceptor, FakeContext(metadata=(("traceparent", TRACEPARENT),)), request=message)
+    (span,) = exporter.get_finished_spans()
+    assert span.attributes["ortserve.model"] == "iris" and span.attributes["ortserve.request_id"] == "r-1"
+    assert span.attributes["rpc.grpc.status_code"] == 0

@@ -51,6 +51,8 @@ SERVER_FAULTS = frozenset(
 def _identity(request: Any) -> tuple[str, str, str]:
     """(model, version, request id) of an inference or model request message, else empty strings."""
     message = getattr(request, "message", request)  # protocol.wire's WireInferRequest wraps the message
+    if type(message) is pb.ModelInferRequest:  # every call: its fields directly (a missing one costs a raise)
+        return message.model_name, message.model_version, message.id
     model = getattr(message, "model_name", "") or getattr(message, "name", "")
     version = getattr(message, "model_version", "") or getattr(message, "version", "")
     return str(model), str(version), str(getattr(message, "id", ""))
@@ -146,6 +148,12 @@ class ObservabilityInterceptor(aio.ServerInterceptor):  # type: ignore[misc]  # 
             started_ns = monotonic_ns()
             current = self._start(name, request, context)
             token = current.activate()
+            if current.span is None and not self._every:
+                # Not sampled, no access log (99 % of calls at 1 %): nothing to finish.
+                try:
+                    return await inner(request, context)
+                finally:
+                    RequestSpan.deactivate(token)
             failure: BaseException | None = None
             try:
                 return await inner(request, context)
