@@ -406,20 +406,28 @@ def test_a_bad_request_fails_only_itself_when_batched_with_good_ones(srv: Runnin
 # -- deadlines --------------------------------------------------------------------------------
 
 
-def test_client_deadline_passing_in_the_queue(srv: RunningServer, clock: SleeperClock) -> None:
-    """The only instance is busy; a request whose gRPC deadline passes while queued never runs."""
+@pytest.mark.parametrize("deadline_s", [0.3, 1.3])
+def test_client_deadline_passing_in_the_queue(srv: RunningServer, clock: SleeperClock, deadline_s: float) -> None:
+    """The only instance is busy; a request whose gRPC deadline passes while queued never runs.
+
+    0.3 s: the batcher's own deadline timer fails it; 1.3 s (beyond the batcher's 1 s timer
+    horizon): gRPC cancels the call at its deadline, which withdraws it from the queue. Either
+    way it counts as a deadline failure (REJECTED), not as a cancellation.
+    """
+    stats = srv.server.dataplane.model("sleeper").stats
 
     def attempt(seconds: float) -> bool:
         before = model_stats(srv.stub, "sleeper")
+        rejected, cancelled = (stats.failures_by_reason.get(r, 0) for r in ("REJECTED", "CANCELED"))
         busy = Busy(srv.stub, clock, seconds)
         sent = time.monotonic()
         try:
-            srv.stub.ModelInfer(sleep_request(1), timeout=0.3)
+            srv.stub.ModelInfer(sleep_request(1), timeout=deadline_s)
             error = None
         except grpc.RpcError as exc:
             error = exc
         busy.finish()
-        if not busy.busy_until(sent + 0.35):
+        if not busy.busy_until(sent + deadline_s + 0.05):
             return False
         assert error is not None, "the request ran although its deadline passed in the queue"
         assert error.code() is StatusCode.DEADLINE_EXCEEDED
@@ -430,9 +438,11 @@ def test_client_deadline_passing_in_the_queue(srv: RunningServer, clock: Sleeper
         after = model_stats(srv.stub, "sleeper")
         assert after.execution_count == before.execution_count + 1  # the expired request never ran
         assert after.inference_count == before.inference_count + 1
+        assert stats.failures_by_reason.get("REJECTED", 0) == rejected + 1
+        assert stats.failures_by_reason.get("CANCELED", 0) == cancelled
         return True
 
-    while_busy(attempt)
+    while_busy(attempt, seconds=max(1.5, 2 * deadline_s))
     assert_still_serves(srv)
 
 

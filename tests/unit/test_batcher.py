@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+import ortserve.batching.batcher as batcher_module
 from ortserve.batching import BatchPolicy, BatchReport, BatchResult, DynamicBatcher
 from ortserve.errors import (
     DeadlineExceededError,
@@ -405,6 +406,29 @@ def test_deadline_passing_in_the_queue_fails_the_request_before_compute() -> Non
         np.testing.assert_array_equal(result.outputs["y"], ok_x * 2)
         assert runner.rows == [1, 2]  # the late request's rows were never seen
         np.testing.assert_array_equal(runner.calls[1]["x"], ok_x)
+
+    run(main)
+
+
+def test_a_deadline_beyond_the_timer_horizon_is_checked_when_the_batch_forms(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No timer for a far deadline: the request stays queued past it and fails at dispatch, uncomputed."""
+    monkeypatch.setattr(batcher_module, "DEADLINE_TIMER_HORIZON_NS", 50_000_000)
+
+    async def main() -> None:
+        runner = Runner(hold=True)
+        b, blocker, _ = await held_batcher(runner, max_batch_size=8)
+        deadline_ns = time.monotonic_ns() + 80_000_000  # beyond the (patched) 50 ms horizon
+        late = submit(b, x(1, 666.0), deadline_ns=deadline_ns)
+        await until(lambda: b.queued_requests == 1)
+        while time.monotonic_ns() <= deadline_ns + 20_000_000:
+            await asyncio.sleep(0.005)
+        assert not late.done() and b.queued_requests == 1  # no timer failed it
+        runner.release.set()
+        with pytest.raises(DeadlineExceededError, match="deadline"):
+            await late
+        await blocker
+        await b.close()
+        assert runner.rows == [1]  # only the blocker ran
 
     run(main)
 

@@ -4,8 +4,8 @@ The policy, in steps:
 
 1. `submit` checks admission (the level's `max_queue_size`; in latency-target mode, whether
    the request can still finish within the target and its deadline), queues the request at
-   its priority level with its future and arms its timers (deadline; queue timeout, whose
-   action is REJECT or DELAY).
+   its priority level with its future and arms its timers (a deadline within 1 s; queue
+   timeout, whose action is REJECT or DELAY).
 2. The batcher task waits for an idle instance, then for a live request (cancelled or expired
    requests never leave the queue for a batch).
 3. It gathers, without waiting, every queued request that fits: same non-batch dims, rows
@@ -90,6 +90,15 @@ class BatchReport:
 
 
 BatchObserver = Callable[[BatchReport], None]
+
+DEADLINE_TIMER_HORIZON_NS = 1_000_000_000
+"""A queued request gets a timer for its deadline only if the deadline is this close (1 s).
+
+A timer per request costs every request (most clients set a deadline, ortserve_client 60 s
+by default) for what almost never happens. A farther deadline is checked when the request's
+batch forms, and over gRPC the caller's deadline also cancels the call, which withdraws the
+request from the queue (the dataplane counts a call cancelled at or after its deadline as a
+deadline failure)."""
 
 _Job = tuple[int, list[Pending], int]
 """(instance, the batch's live requests, dispatch time): one unit of work for a worker thread."""
@@ -285,7 +294,7 @@ class DynamicBatcher:
             action = self._delay if policy.delay_on_timeout else self._expire
             why = f" (its queue timeout of {queue_timeout_us / 1000:g} ms)"
             item.timers.append(loop.call_later(queue_timeout_us / 1e6, action, item, why))
-        if item.deadline_ns is not None:
+        if item.deadline_ns is not None and item.deadline_ns - now <= DEADLINE_TIMER_HORIZON_NS:
             item.timers.append(loop.call_later(max(item.deadline_ns - now, 0) / 1e9, self._expire, item, ""))
 
     def _expire(self, item: Pending, why: str) -> None:
