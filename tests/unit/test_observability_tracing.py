@@ -7,6 +7,7 @@ Spans go to an in-memory exporter; the interceptor is driven through its public
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,8 +21,13 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import SpanKind, StatusCode
 
 from ortserve.batching import BatchReport
+from ortserve.dataplane import InferResponse
+from ortserve.errors import InvalidInputError, ModelNotFoundError
 from ortserve.observability import RequestSpan, Tracing, current_request, tracing_from_env
+from ortserve.observability.logs import JsonFormatter
+from ortserve.protocol.servicer import InferenceServicer
 from ortserve.protocol.tracing import ObservabilityInterceptor
+from ortserve.protocol.wire import WireInferRequest
 from ortserve_client.proto import grpc_service_pb2 as pb
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -321,3 +327,132 @@ def test_an_unsampled_call_is_current_with_its_identity_and_leaves_no_span() -> 
     (span,) = exporter.get_finished_spans()
     assert span.attributes["ortserve.model"] == "iris" and span.attributes["ortserve.request_id"] == "r-1"
     assert span.attributes["rpc.grpc.status_code"] == 0
+
+
+# -- ModelInfer: the hot method calls the interceptor itself (InferenceServicer.observer) -------------
+
+
+@dataclass
+class InferContext(FakeContext):
+    """FakeContext plus what ModelInfer and the status edge call on a grpc.aio context."""
+
+    def time_remaining(self) -> None:
+        return None
+
+    async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()) -> None:
+        self.status, self.message = code, details
+        raise grpc.aio.AbortError("aborted")
+
+
+class StubDataPlane:
+    """The DataPlane's `infer` as ModelInfer calls it: records the context and the current request."""
+
+    def __init__(self, failure: BaseException | None = None) -> None:
+        self.failure = failure
+        self.seen: list[tuple[Any, Any]] = []
+
+    async def infer(self, request: Any, context: Any = None) -> Any:
+        self.seen.append((context, current_request()))
+        if self.failure is not None:
+            raise self.failure
+        return InferResponse(request.model_name, request.model_version, request.id, [])
+
+
+def infer_call(
+    interceptor: ObservabilityInterceptor, dataplane: StubDataPlane, context: InferContext,
+    message: pb.ModelInferRequest | None = None,
+) -> Any:
+    servicer = interceptor.instrument(InferenceServicer(dataplane))  # type: ignore[arg-type]
+    request = WireInferRequest(message or pb.ModelInferRequest(model_name="iris", model_version="2", id="r-9"))
+    return asyncio.run(servicer.ModelInfer(request, context))  # type: ignore[arg-type]
+
+
+def test_model_infer_span_has_the_callers_parent_and_the_request_is_handed_down(
+    spans: tuple[Tracing, InMemorySpanExporter],
+) -> None:
+    tracing, exporter = spans
+    dataplane = StubDataPlane()
+    context = InferContext(metadata=(("traceparent", TRACEPARENT),))
+    answer = infer_call(ObservabilityInterceptor(tracing), dataplane, context)
+    assert pb.ModelInferResponse.FromString(answer).id == "r-9"
+    (span,) = exporter.get_finished_spans()
+    assert span.name == "inference.GRPCInferenceService/ModelInfer" and span.kind is SpanKind.SERVER
+    assert span.parent is not None and format(span.parent.span_id, "016x") == "b7ad6b7169203331"
+    assert span.attributes["ortserve.model"] == "iris" and span.attributes["ortserve.version"] == "2"
+    assert span.attributes["ortserve.request_id"] == "r-9"
+    assert span.attributes["rpc.grpc.status_code"] == 0 and span.status.status_code is StatusCode.UNSET
+    ((handed, current),) = dataplane.seen
+    assert handed is current and isinstance(handed, RequestSpan) and handed.span is not None
+    assert handed.span.get_span_context().span_id == span.context.span_id
+
+
+@pytest.mark.parametrize(
+    ("failure", "code", "status"),
+    [
+        (RuntimeError("boom"), grpc.StatusCode.INTERNAL, StatusCode.ERROR),
+        (ModelNotFoundError("no model 'iris'"), grpc.StatusCode.NOT_FOUND, StatusCode.UNSET),
+    ],
+    ids=["internal", "not-found"],
+)
+def test_model_infer_failure_sets_the_code_and_the_error_log_carries_the_trace(
+    spans: tuple[Tracing, InMemorySpanExporter], failure: BaseException, code: grpc.StatusCode, status: StatusCode,
+) -> None:
+    tracing, exporter = spans
+    context = InferContext()
+    lines = FormattedAtEmit()
+    protocol_log = logging.getLogger("ortserve.protocol")
+    protocol_log.addHandler(lines)
+    try:
+        with pytest.raises(grpc.aio.AbortError):
+            infer_call(ObservabilityInterceptor(tracing), StubDataPlane(failure), context)
+    finally:
+        protocol_log.removeHandler(lines)
+    (span,) = exporter.get_finished_spans()
+    assert context.status is code
+    assert span.attributes["rpc.grpc.status_code"] == code.value[0] and span.status.status_code is status
+    if code is grpc.StatusCode.INTERNAL:  # the status edge logs it while the request is still current
+        (entry,) = lines.entries
+        assert entry["trace_id"] == format(span.context.trace_id, "032x") and entry["request_id"] == "r-9"
+    else:
+        assert lines.entries == []
+
+
+class FormattedAtEmit(logging.Handler):
+    """Formats each record as it is emitted (in the call's context, as the server's handler does)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.entries: list[dict[str, Any]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.entries.append(json.loads(JsonFormatter().format(record)))
+
+
+def test_model_infer_unsampled_reads_its_identity_only_when_asked() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    dataplane = StubDataPlane()
+    infer_call(ObservabilityInterceptor(Tracing(provider, root_ratio=0.0)), dataplane, InferContext())
+    ((handed, current),) = dataplane.seen
+    assert handed is current and isinstance(handed, RequestSpan) and handed.span is None
+    assert handed.log_fields() == {"model": "iris", "version": "2", "request_id": "r-9"}
+    assert exporter.get_finished_spans() == ()
+
+
+def test_model_infer_access_log_without_tracing(caplog: pytest.LogCaptureFixture) -> None:
+    dataplane = StubDataPlane()
+    with caplog.at_level(logging.INFO, logger="ortserve.access"):
+        infer_call(ObservabilityInterceptor(None, access_log_every=1), dataplane, InferContext())
+        with pytest.raises(grpc.aio.AbortError):
+            infer_call(
+                ObservabilityInterceptor(None, access_log_every=1),
+                StubDataPlane(InvalidInputError("input 'x': expected FP32, got FP16")),
+                InferContext(),
+            )
+    first, second = [r for r in caplog.records if r.name == "ortserve.access"]
+    assert first.getMessage().startswith("ModelInfer OK ") and first.__dict__["duration_ms"] >= 0
+    assert second.__dict__["grpc_code"] == "INVALID_ARGUMENT"
+    ((handed, _),) = dataplane.seen
+    assert isinstance(handed, RequestSpan) and handed.span is None and handed.request_id == "r-9"
+

@@ -10,7 +10,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from time import monotonic_ns
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc import aio
@@ -24,6 +24,9 @@ from ortserve.protocol.wire import WireInferRequest, parse_infer_request, serial
 from ortserve.repository import ModelVersion
 from ortserve_client.proto import grpc_service_pb2 as pb
 from ortserve_client.proto import grpc_service_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from ortserve.protocol.tracing import ObservabilityInterceptor
 
 log = logging.getLogger("ortserve.protocol")
 
@@ -149,13 +152,27 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         await self._dp.unload_model(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
+    observer: ObservabilityInterceptor | None = None
+    """Set by `ObservabilityInterceptor.instrument` when tracing or the access log is on: ModelInfer
+    starts and ends its call through it, without a wrapper around the hot method."""
+
     @mapped_errors
     async def ModelInfer(self, request: WireInferRequest, context: aio.ServicerContext) -> bytes:
         """Registered with protocol.wire's (de)serializers: tensors stay views of the wire bytes."""
-        if request.error is not None:
-            raise InvalidInputError(request.error)
-        decoded = decode_request(request.message, _deadline_ns(context), self._limits, request.raw)
-        return serialize_infer_response(await self._dp.infer(decoded))
+        observer = self.observer
+        current = None if observer is None else observer.begin_infer(request, context)
+        try:
+            if request.error is not None:
+                raise InvalidInputError(request.error)
+            decoded = decode_request(request.message, _deadline_ns(context), self._limits, request.raw)
+            answer = serialize_infer_response(await self._dp.infer(decoded, current))
+        except BaseException as exc:
+            if observer is not None and current is not None:
+                observer.end_infer(current, context, exc)
+            raise
+        if observer is not None and current is not None:
+            observer.end_infer(current, context, None)
+        return answer
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: aio.ServicerContext

@@ -173,7 +173,7 @@ class ModelVersion:
         result = await self._batcher.submit(
             inputs, rows=rows, deadline_ns=deadline_ns, priority=priority, timeout_us=timeout_us, context=context
         )
-        if context is not None and isinstance(context, RequestSpan):
+        if type(context) is RequestSpan and context.span is not None:  # only sampled requests have a queue span
             context.queued(self.name, self.version_str, result.enqueued_ns, result.started_ns)
         return result
 
