@@ -1,8 +1,8 @@
 """The servers under test, each in its own process, and what the suite reads from them.
 
 - `bare(repo, mode)`: benchmarks.bare_server (`echo`: the RPC ceiling; `ort`: the baseline).
-- `ortserve(repo, threads)`: `ortserve serve` as a user runs it (tests.harness.serve_in_subprocess),
-  on CPU with `--intra-op-threads` set to the suite's budget, HTTP off.
+- `ortserve(repo, threads, device)`: `ortserve serve` as a user runs it (tests.harness.serve_in_subprocess),
+  on `--device cpu` (the suite) or `cuda` (gpu.py) with `--intra-op-threads` set to the budget, HTTP off.
 
 `Proc.cpu_s()` reads the process's CPU time (all threads, user + system) from /proc, so the
 suite can say how much of the 2 cores a server used during a measurement; `Proc.thread_cpu_s()`
@@ -102,7 +102,7 @@ def bare(repo: Path, mode: str, threads: int) -> Iterator[Proc]:
 
 
 @contextmanager
-def ortserve(repo: Path, threads: int) -> Iterator[Proc]:
+def ortserve(repo: Path, threads: int, device: str = "cpu") -> Iterator[Proc]:
     args = [
         "--model-repository",
         str(repo),
@@ -113,7 +113,7 @@ def ortserve(repo: Path, threads: int) -> Iterator[Proc]:
         "--host",
         "127.0.0.1",
         "--device",
-        "cpu",
+        device,
         "--intra-op-threads",
         str(threads),
         # INFO: the harness waits for the "ortserve ready" line; the request path logs nothing below WARNING.
