@@ -1,0 +1,382 @@
+"""Issue 3's GPU target: ortserve against in-process ONNX Runtime with IO binding, ResNet-50.
+
+    python -m benchmarks.gpu --json gpu.json            # CUDA, ResNet-50, 3 repeats
+    python -m benchmarks.gpu --device cpu --tiny ...    # the same pipeline on CPU (smoke test)
+
+Target: "On an H100-class GPU, a ResNet-50-sized model with the CUDA execution provider and IO
+binding at concurrency 128 reaches >= 90% of in-process ONNX Runtime's best batched throughput."
+Exit status: 0 the target is met (median over repeats), 3 missed, 2 the run cannot start (no CUDA
+provider, no GPU in the session, no perf_analyzer), 1 anything else. On a lent GPU machine with no
+network, benchmarks/gpu_device.sh installs what is missing there and runs this module.
+
+Steps (`main`):
+
+1. Build the model (resnet.py; `--tiny`: a scaled-down ResNet) into a temporary repository with a
+   complete config.pbtxt: max_batch_size 128, `dynamic_batching { }`, one instance of KIND_GPU
+   (KIND_CPU with `--device cpu`).
+2. `--device cuda`: exit 2 unless onnxruntime has CUDAExecutionProvider and a session really holds
+   it (`session.get_providers()`; onnxruntime-gpu falls back to CPU quietly).
+3. Start `ortserve serve --device cuda|cpu` (servers.py). Its server side runs `session.run` with
+   host numpy arrays: ortserve does not use IO binding yet, so every batch pays a host-to-device
+   copy of its inputs and a device-to-host copy of its outputs inside `session.run`.
+4. Warm up: the in-process session at every batch size, and one discarded perf_analyzer run per
+   concurrency (with the CUDA EP's default exhaustive cuDNN search, every new batch shape costs a
+   search on its first run; the server meets many shapes).
+5. For each repeat: sweep in-process ONNX Runtime over batch sizes in two IO-binding variants
+   (`host`: the input is bound from host memory with `bind_cpu_input` at every run, so it is
+   copied to the device each time, as a server must; `device`: bound once as a device OrtValue),
+   outputs bound to the device, `run_with_iobinding`, `synchronize_outputs`; the ceiling is the
+   best batch size of the `host` variant. Then ortserve under perf_analyzer (loadgen.py) at each
+   concurrency, one-image requests, three count windows, reading ModelStatistics around each run.
+6. Print (and with `--json`, write) the table: medians [min-max] over the repeats, the ratio of
+   ortserve to the ceiling taken within each repeat, p50/p99, mean batch, the GPU and versions,
+   and the verdict against `--target` at the highest concurrency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from benchmarks import loadgen, resnet, servers
+from benchmarks.machine import environment
+from benchmarks.report import median, summary, text_table
+
+CUDA = "CUDAExecutionProvider"
+MODEL = "resnet"
+VARIANTS = ("host", "device")
+SERVER_NOTE = "ortserve runs session.run with host numpy arrays (no IO binding on the server side yet)"
+
+
+class CannotStart(Exception):
+    """The run cannot start on this machine (exit status 2)."""
+
+
+def config_text(spec: resnet.ResNet, max_batch_size: int, device: str) -> str:
+    dims = ", ".join(str(d) for d in spec.input_dims)
+    kind = "KIND_GPU" if device == "cuda" else "KIND_CPU"
+    return "\n".join(
+        [
+            f'name: "{MODEL}"',
+            'platform: "onnxruntime_onnx"',
+            f"max_batch_size: {max_batch_size}",
+            f'input [ {{ name: "x" data_type: TYPE_FP32 dims: [ {dims} ] }} ]',
+            f'output [ {{ name: "y" data_type: TYPE_FP32 dims: [ {spec.output_dims[0]} ] }} ]',
+            f"instance_group [ {{ count: 1 kind: {kind} gpus: [ 0 ] }} ]"
+            if device == "cuda"
+            else f"instance_group [ {{ count: 1 kind: {kind} }} ]",
+            "dynamic_batching { }",
+            "",
+        ]
+    )
+
+
+def make_session(path: Path, device: str, threads: int) -> Any:
+    """The session options ortserve gives a one-instance model (inprocess.py), on `device`."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    # The providers ortserve asks for (runtime/providers.py): CUDA on GPU 0, CPU for the rest.
+    providers: list[Any] = [(CUDA, {"device_id": 0}), "CPUExecutionProvider"] if device == "cuda" else []
+    session = ort.InferenceSession(str(path), so, providers=providers or ["CPUExecutionProvider"])
+    if device == "cuda" and CUDA not in session.get_providers():
+        raise CannotStart(
+            f"the session holds only {session.get_providers()}: is a GPU visible (nvidia-smi) and are the "
+            "CUDA and cuDNN libraries of this onnxruntime-gpu build on the library path?"
+        )
+    return session
+
+
+@dataclass(slots=True)
+class Point:
+    batch: int
+    images_per_s: float
+    ms_per_batch: float
+
+
+def measure_iobinding(session: Any, device: str, batch: int, variant: str, seconds: float) -> Point:
+    """Images/s of back-to-back `run_with_iobinding` on `batch` images, after a warm-up."""
+    import onnxruntime as ort
+
+    where = "cuda" if device == "cuda" else "cpu"
+    arg = session.get_inputs()[0]
+    x = np.random.default_rng(batch).standard_normal((batch, *arg.shape[1:])).astype(np.float32)
+    binding = session.io_binding()
+    if variant == "device":
+        binding.bind_ortvalue_input(arg.name, ort.OrtValue.ortvalue_from_numpy(x, where, 0))
+    for out in session.get_outputs():
+        binding.bind_output(out.name, where, 0)
+
+    def run() -> None:
+        if variant == "host":
+            binding.bind_cpu_input(arg.name, x)  # copied to the device for this run
+        session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+
+    warm_end = time.perf_counter() + seconds / 4
+    for _ in range(3):  # the first run of a shape includes the cuDNN algorithm search
+        run()
+    while time.perf_counter() < warm_end:
+        run()
+    runs, start = 0, time.perf_counter()
+    while runs < 3 or time.perf_counter() - start < seconds:
+        run()
+        runs += 1
+    elapsed = time.perf_counter() - start
+    return Point(batch, batch * runs / elapsed, 1000 * elapsed / runs)
+
+
+@dataclass(slots=True)
+class ServerSample:
+    infer_per_s: float = 0.0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    mean_batch: float = 0.0
+    batch_sizes_new: int = 0
+    """Batch sizes the server executed for the first time during this measurement."""
+    error: str = ""
+
+
+def batch_sizes(target: str) -> set[int]:
+    """The batch sizes the model has executed so far (ModelStatistics batch_stats)."""
+    import grpc
+
+    from ortserve_client.proto import grpc_service_pb2 as pb
+    from ortserve_client.proto import grpc_service_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(target) as channel:
+        reply = pb_grpc.GRPCInferenceServiceStub(channel).ModelStatistics(
+            pb.ModelStatisticsRequest(name=MODEL), timeout=10
+        )
+    return {b.batch_size for b in reply.model_stats[0].batch_stats}
+
+
+def measure_server(pa: Path, proc: servers.Proc, concurrency: int, requests: int, pa_threads: int) -> ServerSample:
+    before, sizes = servers.counts(proc.target, MODEL), batch_sizes(proc.target)
+    m = loadgen.measure(pa, proc.target, MODEL, concurrency, requests, timeout_s=240, max_threads=pa_threads)
+    if m.error:
+        return ServerSample(error=m.error)
+    after = servers.counts(proc.target, MODEL)
+    executions = after.executions - before.executions
+    mean_batch = (after.inferences - before.inferences) / executions if executions else 0.0
+    new = len(batch_sizes(proc.target) - sizes)
+    return ServerSample(m.infer_per_s, m.p50_ms, m.p99_ms, mean_batch, new)
+
+
+@dataclass
+class Results:
+    sweeps: list[dict[str, list[Point]]] = field(default_factory=list)
+    """Per repeat: variant -> one Point per batch size."""
+    server: dict[int, list[ServerSample]] = field(default_factory=dict)
+    """Concurrency -> one sample per repeat."""
+
+    def ceiling(self, repeat: int, variant: str = "host") -> Point:
+        return max(self.sweeps[repeat][variant], key=lambda p: p.images_per_s)
+
+
+def gpu_name(device: str) -> str:
+    try:
+        done = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        if done.returncode == 0 and done.stdout.strip():
+            name, driver, memory = (s.strip() for s in done.stdout.splitlines()[0].split(","))
+            return f"{name} (driver {driver}, {memory})"
+    except (OSError, subprocess.TimeoutExpired, ValueError):
+        pass
+    return "none found by nvidia-smi" + (" (CPU run)" if device == "cpu" else "")
+
+
+def ratios(r: Results, concurrency: int, variant: str = "host") -> list[float]:
+    return [
+        s.infer_per_s / r.ceiling(i, variant).images_per_s
+        for i, s in enumerate(r.server[concurrency])
+        if not s.error and r.ceiling(i, variant).images_per_s > 0
+    ]
+
+
+def render(r: Results, batches: Sequence[int], target: float, verdict_c: int) -> tuple[list[str], str]:
+    header = ["row", "C", "images/s", "x ceiling", "p50 ms", "p99 ms", "mean batch", "new batch sizes"]
+    rows = []
+    for variant in VARIANTS:
+        best = [r.ceiling(i, variant) for i in range(len(r.sweeps))]
+        bs = [p.batch for p in best]
+        rows.append(
+            [
+                f"in-process ORT, IO binding, {variant} input, best batch ({max(set(bs), key=bs.count)})",
+                "-",
+                summary([p.images_per_s for p in best]),
+                summary([b.images_per_s / r.ceiling(i).images_per_s for i, b in enumerate(best)], 2),
+                "",
+                "",
+                "",
+                "",
+            ]
+        )
+    for c, samples in r.server.items():
+        ok = [s for s in samples if not s.error]
+        errors = [s.error for s in samples if s.error]
+        rows.append(
+            [
+                "ortserve, dynamic_batching (session.run, host arrays)"
+                + (f" [{len(errors)} failed: {errors[-1]}]" if errors else ""),
+                str(c),
+                summary([s.infer_per_s for s in ok]),
+                summary(ratios(r, c), 2),
+                summary([s.p50_ms for s in ok], 2),
+                summary([s.p99_ms for s in ok], 2),
+                summary([s.mean_batch for s in ok], 1),
+                summary([s.batch_sizes_new for s in ok]),
+            ]
+        )
+    sweep_header = ["images/s by batch"] + [f"b{b}" for b in batches]
+    sweep_rows = [
+        [f"{v} input"] + [summary([sweep[v][j].images_per_s for sweep in r.sweeps]) for j in range(len(batches))]
+        for v in VARIANTS
+    ]
+    measured = ratios(r, verdict_c)
+    met = bool(measured) and median(measured) >= target
+    verdict = (
+        f"verdict: ortserve at C={verdict_c} / in-process best (host input) = "
+        f"{summary(measured, 2) if measured else 'n/a'} against >= {target:.2f}: "
+        + ("met" if met else "missed" if measured else "not measured")
+        + f" (device-resident input: {summary(ratios(r, verdict_c, 'device'), 2)})"
+    )
+    lines = [text_table(header, rows), "", text_table(sweep_header, sweep_rows), "", f"note: {SERVER_NOTE}", verdict]
+    return lines, "met" if met else "missed"
+
+
+def run(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    if args.device == "cuda":
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+        if CUDA not in available:
+            raise CannotStart(
+                f"--device cuda: this onnxruntime ({ort.__version__}, {ort.__file__}) has no {CUDA} "
+                f"(available: {', '.join(available)}); install onnxruntime-gpu (benchmarks/gpu_device.sh "
+                "does on a lent GPU machine) or run with --device cpu"
+            )
+    try:
+        pa = loadgen.find_perf_analyzer()
+    except SystemExit as err:
+        raise CannotStart(str(err)) from err
+    try:
+        env = environment(pa)
+    except OSError as err:  # e.g. no git on a bare GPU machine
+        env = {"python": sys.version.split()[0], "environment": f"not read: {err}"}
+    env.update({"gpu": gpu_name(args.device), "onnx": onnx.__version__})
+    spec = resnet.resnet(**resnet.TINY) if args.tiny else resnet.resnet()
+    env["model"] = spec.description
+    print("\n".join(f"{k}: {v}" for k, v in env.items()), flush=True)
+    results = Results(server={c: [] for c in args.concurrency})
+    with tempfile.TemporaryDirectory(prefix="ortserve-gpu-") as tmp:
+        version = Path(tmp) / MODEL / "1"
+        version.mkdir(parents=True)
+        onnx.save(spec.proto, str(version / "model.onnx"))
+        (Path(tmp) / MODEL / "config.pbtxt").write_text(config_text(spec, args.max_batch_size, args.device))
+        print(f"model built in {time.perf_counter() - started:.0f} s; in-process session", flush=True)
+        session = make_session(version / "model.onnx", args.device, args.threads)
+        env["providers"] = ", ".join(session.get_providers())
+        print(f"providers: {env['providers']}; warming up every batch size", flush=True)
+        for b in args.batches:
+            for variant in VARIANTS:
+                measure_iobinding(session, args.device, b, variant, 0.05)
+        print("starting ortserve", flush=True)
+        with servers.ortserve(Path(tmp), args.threads, args.device) as proc:
+            rate = measure_iobinding(session, args.device, args.batches[-1], "host", 0.2).images_per_s
+            for c in args.concurrency:  # discarded: new batch shapes pay the cuDNN search here
+                warm = measure_server(pa, proc, c, max(50, int(rate * args.window_s)), args.pa_threads)
+                print(f"warm-up C={c}: {warm.infer_per_s:.0f} infer/s {warm.error}", flush=True)
+            for repeat in range(args.repeats):
+                sweep = {
+                    v: [measure_iobinding(session, args.device, b, v, args.sweep_s) for b in args.batches]
+                    for v in VARIANTS
+                }
+                results.sweeps.append(sweep)
+                line = [f"repeat {repeat + 1}: in-process best {results.ceiling(repeat).images_per_s:.0f} images/s"]
+                shift = repeat % len(args.concurrency)
+                order = args.concurrency[shift:] + args.concurrency[:shift]
+                for c in order:
+                    previous = [s.infer_per_s for s in results.server[c] if not s.error]
+                    guess = previous[-1] if previous else results.ceiling(repeat).images_per_s
+                    s = measure_server(pa, proc, c, min(max(50, int(guess * args.window_s)), 50_000), args.pa_threads)
+                    results.server[c].append(s)
+                    line.append(f"C={c} {s.infer_per_s:.0f} infer/s" + (f" ({s.error})" if s.error else ""))
+                print("; ".join(line), flush=True)
+    lines, verdict = render(results, args.batches, args.target, max(args.concurrency))
+    elapsed = time.perf_counter() - started
+    print("\n" + "\n".join(lines) + f"\n\n{elapsed:.0f} s", flush=True)
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "command": " ".join(["python -m benchmarks.gpu", *sys.argv[1:]]),
+                    "env": env,
+                    "server_side": SERVER_NOTE,
+                    "batches": args.batches,
+                    "sweeps": [{v: [asdict(p) for p in s[v]] for v in VARIANTS} for s in results.sweeps],
+                    "server": {str(c): [asdict(s) for s in v] for c, v in results.server.items()},
+                    "ratio_host": {str(c): ratios(results, c) for c in results.server},
+                    "ratio_device": {str(c): ratios(results, c, "device") for c in results.server},
+                    "target": args.target,
+                    "verdict": verdict,
+                    "elapsed_s": elapsed,
+                },
+                indent=1,
+            )
+        )
+    return 0 if verdict == "met" else 3
+
+
+def ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu", description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    parser.add_argument("--tiny", action="store_true", help="a scaled-down ResNet (resnet.TINY) for smoke runs")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batches", type=ints, default=[1, 8, 16, 32, 64, 128], help="in-process batch sizes")
+    parser.add_argument("--concurrency", type=ints, default=[32, 128], help="the verdict is at the highest")
+    parser.add_argument("--max-batch-size", type=int, default=128)
+    parser.add_argument("--sweep-s", type=float, default=1.5, help="seconds per batch size and variant")
+    parser.add_argument("--window-s", type=float, default=1.5, help="target seconds per perf_analyzer window")
+    parser.add_argument("--threads", type=int, default=min(len(os.sched_getaffinity(0)), 8), help="intra-op threads")
+    parser.add_argument("--pa-threads", type=int, default=4, help="perf_analyzer --max-threads")
+    parser.add_argument("--target", type=float, default=0.90)
+    parser.add_argument("--json", type=Path, help="write every sample and the verdict here")
+    args = parser.parse_args(argv)
+    args.batches = sorted(b for b in args.batches if b <= args.max_batch_size)
+    try:
+        return run(args)
+    except CannotStart as err:
+        print(f"cannot start: {err}", file=sys.stderr, flush=True)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
