@@ -1,0 +1,90 @@
+"""`python -m benchmarks.gpu` (issue 3's GPU target) as a user runs it.
+
+On CPU with a tiny ResNet, so that the one command a GPU session will run keeps working on
+machines without a GPU; the CUDA mode runs only where onnxruntime has the CUDA provider.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+import pytest
+
+from benchmarks import resnet
+
+ROOT = Path(__file__).resolve().parents[2]
+PERF_ANALYZER = Path(os.environ.get("PERF_ANALYZER") or ROOT / ".ci/venvs/perf-analyzer/bin/perf_analyzer_wrapped")
+SMOKE = ["--tiny", "--repeats", "1", "--sweep-s", "0.2", "--window-s", "0.2", "--threads", "1", "--pa-threads", "1"]
+
+
+def _benchmark(tmp_path: Path, *args: str, timeout_s: float = 90) -> tuple[subprocess.CompletedProcess[str], dict]:
+    if not os.access(PERF_ANALYZER, os.X_OK):
+        pytest.skip("perf_analyzer is not installed: run .ci/setup-perf-analyzer.sh (CI does)")
+    out = tmp_path / "gpu.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.gpu", *args, "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+    return done, json.loads(out.read_text()) if out.exists() else {}
+
+
+def test_resnet50_has_its_shape_and_the_tiny_variant_runs(tmp_path: Path) -> None:
+    full = resnet.resnet()
+    assert 25.4e6 < full.parameters < 25.7e6  # ResNet-50's 25.6 M less BatchNorm's scales and shifts
+    assert sum(n.op_type == "Conv" for n in full.proto.graph.node) == 53  # 49 + 4 projection shortcuts
+    tiny = resnet.resnet(**resnet.TINY)
+    path = tmp_path / "tiny.onnx"
+    onnx.save(tiny.proto, str(path))
+    onnx.checker.check_model(str(path))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    import numpy as np
+
+    (y,) = session.run(None, {"x": np.ones((3, *tiny.input_dims), np.float32)})
+    assert y.shape == (3, *tiny.output_dims) and np.isfinite(y).all()
+
+
+def test_cpu_smoke_prints_the_table_and_a_verdict(tmp_path: Path) -> None:
+    done, result = _benchmark(tmp_path, "--device", "cpu", *SMOKE)
+    assert done.returncode in (0, 3), done.stdout + done.stderr  # met or missed: both are a finished run
+    assert "in-process ORT, IO binding, host input, best batch" in done.stdout
+    assert "ortserve, dynamic_batching (session.run, host arrays)" in done.stdout
+    assert "no IO binding on the server side" in done.stdout
+    verdict = [line for line in done.stdout.splitlines() if line.startswith("verdict: ortserve at C=128")]
+    assert verdict and (">= 0.90: met" in verdict[0] or ">= 0.90: missed" in verdict[0]), done.stdout
+    assert result["verdict"] in ("met", "missed")
+    assert all(s["error"] == "" and s["infer_per_s"] > 0 for c in ("32", "128") for s in result["server"][c])
+    assert len(result["ratio_host"]["128"]) == 1
+
+
+def test_cuda_mode_fails_clearly_without_the_cuda_provider(tmp_path: Path) -> None:
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has the CUDA provider")
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.gpu", "--device", "cuda", "--tiny"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "cannot start: --device cuda" in done.stderr and "CUDAExecutionProvider" in done.stderr
+
+
+@pytest.mark.skipif(
+    "CUDAExecutionProvider" not in ort.get_available_providers(),
+    reason="needs onnxruntime-gpu with CUDAExecutionProvider (a GPU machine: benchmarks/gpu_device.sh)",
+)
+def test_cuda_smoke(tmp_path: Path) -> None:
+    done, result = _benchmark(tmp_path, "--device", "cuda", *SMOKE, timeout_s=300)
+    assert done.returncode in (0, 3), done.stdout + done.stderr
+    assert "CUDAExecutionProvider" in result["env"]["providers"]
+    assert result["verdict"] in ("met", "missed")
