@@ -87,13 +87,9 @@ def make_session(path: Path, device: str, threads: int) -> Any:
     """The session options ortserve gives a one-instance model (inprocess.py), on `device`."""
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    from benchmarks.inprocess import session_options
+
+    so = session_options(threads)
     # The providers ortserve asks for (runtime/providers.py): CUDA on GPU 0, CPU for the rest.
     providers: list[Any] = [(CUDA, {"device_id": 0}), "CPUExecutionProvider"] if device == "cuda" else []
     session = ort.InferenceSession(str(path), so, providers=providers or ["CPUExecutionProvider"])

@@ -21,7 +21,8 @@ import numpy as np
 import onnxruntime as ort
 
 
-def make_session(path: Path, threads: int) -> Any:
+def session_options(threads: int) -> Any:
+    """The session options ortserve gives a one-instance model (runtime/session.py), copied for the ceilings."""
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
@@ -29,7 +30,11 @@ def make_session(path: Path, threads: int) -> Any:
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return so
+
+
+def make_session(path: Path, threads: int) -> Any:
+    return ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
 
 
 @dataclass(slots=True)
