@@ -41,23 +41,10 @@ class AsyncInferenceClient(ClientBase):
     def _open(self) -> None:
         self._channel = self.settings.open_aio()
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)  # type: ignore[no-untyped-call]
-        self._stream_channel: Any = None
-        self._stream_stub: Any = None
-
-    def _streams(self) -> Any:
-        """The stub for streams: on a channel with gRPC's retry policy, opened at the first stream."""
-        if not self.settings.retries_streams:
-            return self._stub
-        if self._stream_stub is None:  # one event loop: no lock needed
-            self._stream_channel = self.settings.open_aio(retrying=True)
-            self._stream_stub = pb_grpc.GRPCInferenceServiceStub(self._stream_channel)  # type: ignore[no-untyped-call]
-        return self._stream_stub
 
     async def close(self) -> None:
-        """Close the channels; calls in flight are cancelled."""
+        """Close the channel; calls in flight are cancelled."""
         await self._channel.close()
-        if self._stream_channel is not None:
-            await self._stream_channel.close()
 
     async def __aenter__(self) -> AsyncInferenceClient:
         return self
@@ -217,7 +204,7 @@ class AsyncInferenceClient(ClientBase):
                 raise
 
         policy = self.policy
-        call = self._streams().ModelStreamInfer(
+        call = self._stub.ModelStreamInfer(
             messages(), timeout=policy.stream_timeout(timeout), metadata=policy.metadata()
         )
         try:

@@ -8,7 +8,6 @@ The client is thread-safe: share one per process and target.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -44,26 +43,10 @@ class InferenceClient(ClientBase):
     def _open(self) -> None:
         self._channel = self.settings.open()
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)  # type: ignore[no-untyped-call]
-        self._stream_channel: Any = None
-        self._stream_stub: Any = None
-        self._stream_lock = threading.Lock()
-
-    def _streams(self) -> Any:
-        """The stub for streams: on a channel with gRPC's retry policy, opened at the first stream."""
-        if not self.settings.retries_streams:
-            return self._stub
-        with self._stream_lock:
-            if self._stream_stub is None:
-                self._stream_channel = self.settings.open(retrying=True)
-                self._stream_stub = pb_grpc.GRPCInferenceServiceStub(self._stream_channel)  # type: ignore[no-untyped-call]
-            return self._stream_stub
 
     def close(self) -> None:
-        """Close the channels; calls in flight are cancelled."""
+        """Close the channel; calls in flight are cancelled."""
         self._channel.close()
-        with self._stream_lock:
-            if self._stream_channel is not None:
-                self._stream_channel.close()
 
     def __enter__(self) -> InferenceClient:
         return self
@@ -202,7 +185,7 @@ class InferenceClient(ClientBase):
                 raise
 
         policy = self.policy
-        call = self._streams().ModelStreamInfer(
+        call = self._stub.ModelStreamInfer(
             messages(), timeout=policy.stream_timeout(timeout), metadata=policy.metadata()
         )
         try:

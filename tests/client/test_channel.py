@@ -41,32 +41,13 @@ def test_parse_url() -> None:
 
 def test_service_config_and_options() -> None:
     settings = ChannelSettings("dns:///svc:8001", retry=RetryPolicy(4, 0.05, 1.5, 3.0))
-    # The unary channel: no gRPC retry filter (it costs every call; the clients retry themselves).
-    config = json.loads(settings.service_config())
-    assert config == {"loadBalancingConfig": [{"round_robin": {}}]}
+    # No gRPC retry filter (it costs every call; the clients retry unary calls themselves).
+    assert json.loads(settings.service_config()) == {"loadBalancingConfig": [{"round_robin": {}}]}
     options = dict(settings.options())
     assert options["grpc.max_send_message_length"] == options["grpc.max_receive_message_length"] == 2**31 - 1
     assert options["grpc.keepalive_time_ms"] == 360_000 and options["grpc.keepalive_permit_without_calls"] == 0
     assert options["grpc.enable_retries"] == 0 and options["grpc.service_config_disable_resolution"] == 1
     assert "grpc.per_rpc_retry_buffer_size" not in options
-    # The stream channel: gRPC's retry policy.
-    assert settings.retries_streams
-    (method,) = json.loads(settings.service_config(retrying=True))["methodConfig"]
-    assert method["name"] == [{"service": "inference.GRPCInferenceService"}]
-    assert method["retryPolicy"] == {
-        "maxAttempts": 4,
-        "initialBackoff": "0.05s",
-        "maxBackoff": "1.5s",
-        "backoffMultiplier": 3.0,
-        "retryableStatusCodes": ["UNAVAILABLE"],
-    }
-    retrying = dict(settings.options(retrying=True))
-    assert retrying["grpc.enable_retries"] == 1 and retrying["grpc.per_rpc_retry_buffer_size"] == 64 * 2**20
-    assert json.loads(retrying["grpc.service_config"])["methodConfig"] == [method]
-    for off in (None, RetryPolicy(max_attempts=1)):
-        assert not ChannelSettings("h:1", retry=off).retries_streams
-        assert "methodConfig" not in json.loads(ChannelSettings("h:1", retry=off).service_config(retrying=True))
-        assert dict(ChannelSettings("h:1", retry=off).options(retrying=True))["grpc.enable_retries"] == 0
     pick = ChannelSettings("h:1", load_balancing="pick_first", extra_options=[("grpc.keepalive_time_ms", 5)])
     assert json.loads(pick.service_config())["loadBalancingConfig"] == [{"pick_first": {}}]
     assert dict(pick.options())["grpc.keepalive_time_ms"] == 5  # extra options win

@@ -162,25 +162,28 @@ def test_retries_stay_within_the_deadline(asynchronous: bool) -> None:
         assert time.monotonic() - start < 1.5
 
 
-def test_stream_start_is_retried() -> None:
-    """Streams keep gRPC's own retries: a stream refused UNAVAILABLE before any answer is sent again."""
+def test_a_refused_stream_is_not_retried() -> None:
+    """Streams are not retried (gRPC's stream retry lost a stream's last request now and then):
+    a stream refused UNAVAILABLE fails at once, with one attempt, and the next stream works."""
     requests = [InferRequest("m", {"x": X}, request_id=str(i)) for i in range(3)]
-    with scripted_server([StatusCode.UNAVAILABLE] * 2) as server:
+    with scripted_server([StatusCode.UNAVAILABLE]) as server:
         with InferenceClient(server.target, retry=FAST_RETRY) as c:
+            with pytest.raises(ServerUnavailableError):
+                list(c.infer_stream(requests))
+            assert len(server.servicer.attempts) == 1
             assert sorted(r.id for r in c.infer_stream(requests)) == ["0", "1", "2"]
-        assert len(server.servicer.attempts) == 3
 
         async def body() -> list[str]:
             async with AsyncInferenceClient(server.target, retry=FAST_RETRY) as c:
+                # UNAVAILABLE, or INTERNAL when grpc.aio's request writer hits the call the server
+                # already closed before its status arrives (grpc.aio then reports its own error).
+                with pytest.raises((ServerUnavailableError, InternalServerError)):
+                    [r async for r in c.infer_stream(requests)]
                 return sorted([r.id async for r in c.infer_stream(requests)])
 
         server.servicer.codes[:] = [StatusCode.UNAVAILABLE]
         assert asyncio.run(body()) == ["0", "1", "2"]
-        assert len(server.servicer.attempts) == 5
-    with scripted_server([StatusCode.UNAVAILABLE]) as server:
-        with InferenceClient(server.target, retry=None) as c, pytest.raises(ServerUnavailableError):
-            list(c.infer_stream(requests))
-        assert len(server.servicer.attempts) == 1
+        assert len(server.servicer.attempts) == 4
 
 
 @pytest.mark.parametrize(
