@@ -117,6 +117,19 @@ def render(
     return "\n".join(text), "\n".join(md)
 
 
+def write_target(args: argparse.Namespace) -> Path | None:
+    """The markdown file a run writes: --write's, else docs/performance.md for a full run only.
+
+    A half run (--mode table or latency-target) or --quick writes nothing by default: the page's
+    generated block holds both halves, and a half would drop the other half's table from it.
+    """
+    if args.no_write:
+        return None
+    if args.write is not None:
+        return Path(args.write)
+    return ROOT / "docs" / "performance.md" if not args.quick and args.mode == "all" else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
@@ -154,10 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         base.lt_seconds,
         base.lt_warmup_s,
     )
-    # By default only a full run (both halves, not --quick) replaces the page's tables: a half
-    # would drop the other half's table from it.
-    full = not args.quick and args.mode == "all"
-    write_to = None if args.no_write else args.write or (ROOT / "docs" / "performance.md" if full else None)
+    write_to = write_target(args)
 
     started = time.perf_counter()
     pa = loadgen.find_perf_analyzer()
