@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -71,6 +72,20 @@ def test_a_flag_wins_over_the_environment(repo: Path) -> None:
     with serve_in_subprocess(args, env=env) as server:
         stub = pb_grpc.GRPCInferenceServiceStub(channel_to(server.grpc_target))
         assert stub.ModelConfig(pb.ModelConfigRequest(name="add_sub"), timeout=10).config.max_batch_size == 3
+
+
+def test_serve_freezes_the_start_up_heap_before_it_reports_ready(repo: Path) -> None:
+    models.save(models.add_sub(), repo, "add_sub")
+    args = ["--model-repository", str(repo), "--grpc-port", "0", "--http-port", "-1", "--log-level", "debug"]
+    with serve_in_subprocess(args) as server:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel_to(server.grpc_target))
+        assert stub.ModelReady(pb.ModelReadyRequest(name="add_sub"), timeout=10).ready
+        out = server.output()
+    match = re.search(r"start-up heap frozen: (\d+) objects", out)
+    assert match is not None, out
+    # The interpreter, numpy, onnxruntime, grpc and protobuf alone leave tens of thousands of objects.
+    assert int(match.group(1)) > 10_000
+    assert out.index(match.group(0)) < out.index("ortserve ready")
 
 
 def test_bad_settings_exit_2_with_a_message_naming_the_setting(tmp_path: Path) -> None:
