@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 
 from ortserve.batching import BatchPolicy, DynamicBatcher, LatencyController, LatencyTargetError, QueuePolicy
-from ortserve.batching.controller import ADMIT_FRACTION, MIN_SCALE, SETPOINT, CostModel
+from ortserve.batching.controller import (
+    ADMIT_FRACTION,
+    MIN_SCALE,
+    RETRY_TARGETS,
+    RETRY_TARGETS_MAX,
+    SETPOINT,
+    CostModel,
+)
 from ortserve.errors import DeadlineExceededError, InvalidInputError, QueueFullError
 from tests.unit.test_batcher import Runner, run, until, x
 
@@ -238,14 +245,14 @@ def test_batch_cap_leaves_room_for_one_batch_of_waiting() -> None:
 
 def test_admission_rejects_what_cannot_make_the_target() -> None:
     controller = LatencyController(target_ms=20, instances=2, max_batch_size=8)
-    assert controller.admit(rows_ahead=10_000, rows=1, busy_instances=2) is None  # uncalibrated: admit
+    assert controller.admit(rows_ahead=10_000, rows=1, busy_instances=2, now_ns=0) is None  # uncalibrated: admit
     for rows in (1, 2, 4, 8):
         controller.observe(rows, rows * MS)  # 1 ms per row
     assert controller.batch_cap() == 8
-    assert controller.admit(rows_ahead=0, rows=1, busy_instances=0) is None
+    assert controller.admit(rows_ahead=0, rows=1, busy_instances=0, now_ns=0) is None
     estimate = controller.estimate_ns(rows_ahead=40, rows=1, busy_instances=2)
     assert estimate > ADMIT_FRACTION * 20 * MS
-    assert controller.admit(rows_ahead=40, rows=1, busy_instances=2) == pytest.approx(estimate)
+    assert controller.admit(rows_ahead=40, rows=1, busy_instances=2, now_ns=0) == pytest.approx(estimate)
 
 
 def calibrated(target_ms: float = 20, instances: int = 1) -> LatencyController:
@@ -257,37 +264,37 @@ def calibrated(target_ms: float = 20, instances: int = 1) -> LatencyController:
 
 def test_a_request_with_nothing_ahead_and_a_free_instance_is_always_admitted() -> None:
     controller = calibrated(target_ms=1)  # even a single row (1 ms) is over 0.8 ms
-    assert controller.admit(rows_ahead=0, rows=4, busy_instances=0) is None
-    assert controller.admit(rows_ahead=0, rows=4, busy_instances=1) is not None  # behind a running batch
-    assert controller.admit(rows_ahead=1, rows=4, busy_instances=0) is not None
+    assert controller.admit(rows_ahead=0, rows=4, busy_instances=0, now_ns=0) is None
+    assert controller.admit(rows_ahead=0, rows=4, busy_instances=1, now_ns=0) is not None  # behind a running batch
+    assert controller.admit(rows_ahead=1, rows=4, busy_instances=0, now_ns=0) is not None
 
 
 def test_feedback_shrinks_admission_while_the_tail_is_over_the_setpoint_and_relaxes_after() -> None:
     controller = calibrated(target_ms=20)
     assert controller.setpoint_ns == pytest.approx(SETPOINT * 20 * MS)
     # An estimate of 12.5 ms (half a running 8-row batch, then one more): inside 0.8 * 20 ms.
-    assert controller.admit(rows_ahead=7, rows=1, busy_instances=1) is None
+    assert controller.admit(rows_ahead=7, rows=1, busy_instances=1, now_ns=0) is None
     for _ in range(30):  # every batch, a tenth of its requests over the setpoint: p99 far over
-        controller.observe_latencies(over=1, answered=10)
+        controller.observe_latencies(over=1, answered=10, now_ns=0)
     assert controller.admit_scale < 0.5
-    refused = controller.admit(rows_ahead=7, rows=1, busy_instances=1)
+    refused = controller.admit(rows_ahead=7, rows=1, busy_instances=1, now_ns=0)
     assert refused is not None and refused > controller.admit_bound_ns
     for _ in range(500):  # the tail back under the setpoint: the bound grows back, up to its ceiling
-        controller.observe_latencies(over=0, answered=10)
+        controller.observe_latencies(over=0, answered=10, now_ns=0)
     assert controller.admit_scale == 1.0 and controller.admit_bound_ns == pytest.approx(ADMIT_FRACTION * 20 * MS)
-    assert controller.admit(rows_ahead=7, rows=1, busy_instances=1) is None
+    assert controller.admit(rows_ahead=7, rows=1, busy_instances=1, now_ns=0) is None
 
 
 def test_feedback_within_the_tail_budget_leaves_the_bound_alone_and_has_a_floor() -> None:
     controller = calibrated()
     for _ in range(200):  # one request in 150 over the setpoint: within a p99
-        controller.observe_latencies(over=0, answered=10)
-        controller.observe_latencies(over=1 if _ % 15 == 0 else 0, answered=10)
+        controller.observe_latencies(over=0, answered=10, now_ns=0)
+        controller.observe_latencies(over=1 if _ % 15 == 0 else 0, answered=10, now_ns=0)
     assert controller.admit_scale == 1.0
     for _ in range(1000):
-        controller.observe_latencies(over=10, answered=10)
+        controller.observe_latencies(over=10, answered=10, now_ns=0)
     assert controller.admit_scale == pytest.approx(MIN_SCALE)
-    controller.observe_latencies(over=0, answered=0)  # an empty report changes nothing
+    controller.observe_latencies(over=0, answered=0, now_ns=0)  # an empty report changes nothing
     assert controller.admit_scale == pytest.approx(MIN_SCALE)
 
 
@@ -295,6 +302,40 @@ def test_the_retry_hint_is_when_the_queue_drains_and_at_least_two_targets() -> N
     controller = calibrated(target_ms=20)
     assert controller.retry_after_ns(5 * MS) == pytest.approx(40 * MS)
     assert controller.retry_after_ns(90 * MS) == pytest.approx(90 * MS)
+
+
+def test_the_retry_floor_stretches_until_refusals_are_a_tenth_of_the_answered_then_falls_back() -> None:
+    # A closed loop past the target: 50 clients parked on hints, each refused again whenever it
+    # comes back (the queue stays full of the clients being answered, 900 a second).
+    target = 50 * MS
+    controller = calibrated(target_ms=50)
+    parked = [i * MS for i in range(50)]  # when each comes back
+    now = 0
+
+    def run_for(seconds: float, full: bool) -> tuple[int, int]:
+        nonlocal now, parked
+        counts = [0, 0]
+        for _ in range(int(seconds * 100)):  # 10 ms steps
+            now += 10 * MS
+            controller.observe_latencies(over=0, answered=9, now_ns=now)
+            counts[1] += 9
+            back = [t for t in parked if t <= now]
+            parked = [t for t in parked if t > now]
+            for _ in back:
+                estimate = controller.admit(rows_ahead=40 if full else 0, rows=1, busy_instances=1, now_ns=now)
+                if estimate is None:
+                    continue  # admitted: it joins the answered clients (and leaves the simulation)
+                counts[0] += 1
+                parked.append(now + int(controller.retry_after_ns(estimate)))
+        return counts[0], counts[1]
+
+    assert controller.retry_floor_ns == pytest.approx(RETRY_TARGETS * target)
+    run_for(5, full=True)  # settle
+    refused, answered = run_for(5, full=True)
+    assert 0.05 < refused / answered < 0.2  # REFUSED_SHARE: a tenth, against 50 clients x (1 / 0.1 s) at the start
+    assert 6 * target < controller.retry_floor_ns <= RETRY_TARGETS_MAX * target
+    run_for(3, full=False)  # room again: every returning client is admitted, no refusals
+    assert controller.retry_floor_ns == pytest.approx(RETRY_TARGETS * target)
 
 
 def test_the_batcher_caps_batches_and_sheds_load_under_a_target() -> None:

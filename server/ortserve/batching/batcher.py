@@ -275,7 +275,7 @@ class DynamicBatcher:
                 f"model {self.name}: the request cannot finish before its deadline "
                 f"(estimated {estimate / 1e6:.1f} ms, {max(deadline_ns - now, 0) / 1e6:.1f} ms left); not queued"
             )
-        refused = controller.admit(ahead, rows, self._running)
+        refused = controller.admit(ahead, rows, self._running, now)
         if refused is not None:
             retry_ms = max(round(controller.retry_after_ns(refused) / 1e6), 1)
             raise LatencyTargetError(
@@ -408,7 +408,7 @@ class DynamicBatcher:
                 controller.observe(total, finished - started)
                 setpoint = controller.setpoint_ns
                 over = sum(1 for item in live if finished - item.enqueued_ns > setpoint)
-                controller.observe_latencies(over, len(live))
+                controller.observe_latencies(over, len(live), finished)
             for item, outputs in zip(live, parts, strict=True):
                 if not item.future.done():
                     item.future.set_result(
