@@ -2,12 +2,14 @@
 call made, what metadata each attempt carried, and TLS/mTLS handshakes.
 
 `scripted_server(codes)` answers ModelInfer (and opens a ModelStreamInfer stream) with the
-next status code of `codes` (None: OK, echoing each request's model name and id) and records
-every attempt's metadata.
+next status code of `codes` (None: OK, echoing each request's model name and id; a (code,
+value) pair also sends `retry-after-ms: value` as trailing metadata) and records every
+attempt's metadata and arrival time.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator
 from concurrent import futures
 from contextlib import contextmanager
@@ -19,15 +21,24 @@ import grpc
 from ortserve_client.proto import grpc_service_pb2 as pb
 from ortserve_client.proto import grpc_service_pb2_grpc as pb_grpc
 
+Script = grpc.StatusCode | tuple[grpc.StatusCode, str] | None
+"""One answer: None (OK), a status code, or (code, retry-after-ms trailing metadata value)."""
+
 
 @dataclass
 class Scripted(pb_grpc.GRPCInferenceServiceServicer):
-    codes: list[grpc.StatusCode | None]
+    codes: list[Script]
     attempts: list[dict[str, str]] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+    """time.monotonic() of each attempt's arrival."""
 
     def _answer(self, context: Any) -> None:
+        self.times.append(time.monotonic())
         self.attempts.append({k: v for k, v in context.invocation_metadata()})
         code = self.codes.pop(0) if self.codes else None
+        if isinstance(code, tuple):
+            code, hint = code
+            context.set_trailing_metadata((("retry-after-ms", hint),))
         if code is not None:
             context.abort(code, f"scripted {code.name}")
 
@@ -57,7 +68,7 @@ class ScriptedServer:
 
 @contextmanager
 def scripted_server(
-    codes: Iterable[grpc.StatusCode | None] = (), credentials: Any = None
+    codes: Iterable[Script] = (), credentials: Any = None
 ) -> Iterator[ScriptedServer]:
     servicer = Scripted(list(codes))
     limit = 2**31 - 1

@@ -28,6 +28,7 @@ from ortserve_client import (
     ServerUnavailableError,
     UnauthenticatedError,
 )
+from ortserve_client.resilience import retry_after_s
 from tests.client.scripted import scripted_server
 from tests.harness import RunningServer
 from tests.wire import SleeperClock, model_stats, wait_for
@@ -160,6 +161,51 @@ def test_retries_stay_within_the_deadline(asynchronous: bool) -> None:
                 with InferenceClient(server.target, retry=slow, default_timeout_s=0.3) as c:
                     c.infer("m", {"x": X})
         assert time.monotonic() - start < 1.5
+
+
+def _infer_once(target: str, asynchronous: bool, timeout_s: float = 10.0) -> Any:
+    if asynchronous:
+
+        async def body() -> Any:
+            async with AsyncInferenceClient(target, retry=FAST_RETRY, default_timeout_s=timeout_s) as c:
+                return await c.infer("m", {"x": X}, request_id="r")
+
+        return asyncio.run(body())
+    with InferenceClient(target, retry=FAST_RETRY, default_timeout_s=timeout_s) as c:
+        return c.infer("m", {"x": X}, request_id="r")
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_a_retry_waits_as_long_as_the_servers_retry_after_hint(asynchronous: bool) -> None:
+    # FAST_RETRY alone comes back within 20 ms; the refusal asks for 300 ms.
+    with scripted_server([(StatusCode.UNAVAILABLE, "300"), None]) as server:
+        assert _infer_once(server.target, asynchronous).id == "r"
+        first, second = server.servicer.times
+    assert second - first >= 0.3
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_a_hint_that_ends_past_the_deadline_is_not_waited_for(asynchronous: bool) -> None:
+    # The backoff alone would retry at once and succeed; the hint says 5 s, the deadline is 2 s.
+    with scripted_server([(StatusCode.UNAVAILABLE, "5000"), None]) as server:
+        with pytest.raises(ServerUnavailableError):
+            _infer_once(server.target, asynchronous, timeout_s=2.0)
+        assert len(server.servicer.attempts) == 1
+
+
+def test_retry_after_reads_the_trailing_metadata_and_ignores_what_is_not_a_wait() -> None:
+    class Refusal(grpc.RpcError):
+        def __init__(self, *trailing: tuple[str, str]) -> None:
+            self.trailing = trailing
+
+        def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+            return self.trailing
+
+    assert retry_after_s(Refusal(("x", "1"), ("retry-after-ms", "250"))) == pytest.approx(0.25)
+    assert retry_after_s(Refusal(("retry-after-ms", "soon"))) is None
+    assert retry_after_s(Refusal(("retry-after-ms", "-5"))) is None
+    assert retry_after_s(Refusal()) is None
+    assert retry_after_s(grpc.RpcError()) is None  # no trailing metadata at all
 
 
 def test_a_refused_stream_is_not_retried() -> None:
