@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from ortserve.app import OrtServer
+from ortserve.batching.controller import ADMIT_FRACTION, RETRY_TARGETS, LatencyController
 from ortserve.config import ServerSettings
 from ortserve.dataplane import DataPlane, InferRequest
 from ortserve.errors import InvalidInputError
@@ -43,6 +44,10 @@ ORTSERVE_FAMILIES = {
     "ortserve_compute_duration_seconds": "histogram",
     "ortserve_batch_size": "histogram",
     "ortserve_pending_requests_per_instance": "gauge",
+    "ortserve_latency_target_seconds": "gauge",
+    "ortserve_latency_target_admission_bound_seconds": "gauge",
+    "ortserve_latency_target_batch_cap": "gauge",
+    "ortserve_latency_target_retry_after_seconds": "gauge",
 }
 
 
@@ -102,6 +107,7 @@ class Load:
     queued_requests: int
     running_requests: int
     instances: int
+    controller: LatencyController | None = None
 
 
 def test_ortserve_families_from_known_statistics() -> None:
@@ -138,6 +144,28 @@ def test_without_models_every_family_is_still_described() -> None:
     text = generate_latest(registry).decode()
     for name, kind in ORTSERVE_FAMILIES.items():
         assert f"# TYPE {name}{'_total' if kind == 'counter' else ''} {kind}" in text
+
+
+def test_latency_target_gauges_follow_the_controller_of_a_targeted_version_only() -> None:
+    controller = LatencyController(target_ms=50, instances=1, max_batch_size=64)
+    registry = CollectorRegistry()
+    stats = [("t", "1", ModelStats()), ("g", "1", ModelStats())]
+    loads = [("t", "1", Load(0, 0, 1, controller)), ("g", "1", Load(0, 0, 1))]
+    registry.register(OrtserveCollector(lambda: stats, lambda: loads))
+    t = {"model": "t", "version": "1"}
+    bound = ADMIT_FRACTION * 0.05
+    assert value(registry, "ortserve_latency_target_seconds", **t) == pytest.approx(0.05)
+    assert value(registry, "ortserve_latency_target_admission_bound_seconds", **t) == pytest.approx(bound)
+    assert value(registry, "ortserve_latency_target_batch_cap", **t) == 64  # not calibrated yet: no cap
+    assert value(registry, "ortserve_latency_target_retry_after_seconds", **t) == pytest.approx(RETRY_TARGETS * 0.05)
+    assert value(registry, "ortserve_latency_target_seconds", model="g", version="1") is None  # no target, no gauges
+    for rows in (1, 2, 4, 8):
+        controller.observe(rows, rows * 2_000_000)  # 2 ms a row: batches of 12 fill half the target
+    for _ in range(30):  # half of every batch over the setpoint: the admission bound shrinks
+        controller.observe_latencies(over=5, answered=10, now_ns=0)
+    assert value(registry, "ortserve_latency_target_batch_cap", **t) == 12
+    shrunk = value(registry, "ortserve_latency_target_admission_bound_seconds", **t)
+    assert shrunk is not None and shrunk < 0.5 * bound
 
 
 def test_triton_pending_count_is_the_queue_only() -> None:
@@ -290,6 +318,25 @@ def test_pending_requests_per_instance_rises_while_requests_wait(repo: Path) -> 
     expected, seen, after = asyncio.run(with_dataplane(repo, traffic))
     assert seen == expected and seen >= 1
     assert after == 0
+
+
+def test_a_model_with_a_latency_target_shows_its_controller(repo: Path) -> None:
+    models.save(lookup_model(), repo, "lookup")
+    target = 'parameters { key: "latency_target_ms" value { string_value: "40" } }'
+    (repo / "lookup" / "config.pbtxt").write_text(f"max_batch_size: 8\ndynamic_batching {{ }}\n{target}\n")
+    labels = {"model": "lookup", "version": "1"}
+
+    async def traffic(registry: ModelRegistry, dp: DataPlane) -> list[float | None]:
+        await dp.infer(InferRequest("lookup", "", "r", idx(1, 2)))
+        metrics = collectors(registry)
+        return [
+            value(metrics, f"ortserve_latency_target_{name}", **labels)
+            for name in ("seconds", "retry_after_seconds", "batch_cap")
+        ]
+
+    seconds, retry_after, cap = asyncio.run(with_dataplane(repo, traffic))
+    assert seconds == pytest.approx(0.04) and retry_after == pytest.approx(0.08)
+    assert cap is not None and 1 <= cap <= 8
 
 
 # -- the triton_metrics switch --------------------------------------------------------------------

@@ -12,7 +12,8 @@ while the `triton_metrics` setting is on.
 
 `OrtserveCollector`: the `ortserve_*` families, following Prometheus conventions (seconds,
 `_total` counters, histograms), including the autoscaling signal
-`ortserve_pending_requests_per_instance`.
+`ortserve_pending_requests_per_instance` and, for model versions in latency-target mode, the
+controller's state (`ortserve_latency_target_*`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,21 @@ StatsSource = Callable[[], Iterable[tuple[str, str, ModelStats]]]
 """Yields (model, version, stats) for every loaded model version."""
 
 
+class TargetState(Protocol):
+    """What a scrape reads of a latency-target controller (batching.LatencyController has these)."""
+
+    @property
+    def target_ns(self) -> float: ...
+
+    @property
+    def admit_bound_ns(self) -> float: ...
+
+    @property
+    def retry_floor_ns(self) -> float: ...
+
+    def batch_cap(self) -> int: ...
+
+
 class BatcherLoad(Protocol):
     """What a scrape reads of a model version's batcher (DynamicBatcher has these)."""
 
@@ -41,6 +57,9 @@ class BatcherLoad(Protocol):
 
     @property
     def instances(self) -> int: ...
+
+    @property
+    def controller(self) -> TargetState | None: ...
 
 
 LoadSource = Callable[[], Iterable[tuple[str, str, BatcherLoad]]]
@@ -195,8 +214,37 @@ class OrtserveCollector(Collector):
             "(the autoscaling signal: it rises before latency does).",
             labels=LABELS,
         )
-        for model, version, batcher in self._load() if self._load is not None else ():
-            pending.add_metric(
-                (model, version), (batcher.queued_requests + batcher.running_requests) / max(batcher.instances, 1)
+        targets = [
+            GaugeMetricFamily(name, doc, labels=LABELS)
+            for name, doc in (
+                ("ortserve_latency_target_seconds", "The p99 latency target of a model version (latency-target mode)."),
+                (
+                    "ortserve_latency_target_admission_bound_seconds",
+                    "The longest estimated completion a request is admitted with now (below the target; "
+                    "shrinks while the measured tail is over the setpoint).",
+                ),
+                ("ortserve_latency_target_batch_cap", "The largest batch (rows) the controller lets run now."),
+                (
+                    "ortserve_latency_target_retry_after_seconds",
+                    "The least retry-after-ms hint a refusal carries now (stretches while refusals are many).",
+                ),
             )
+        ]
+        for model, version, batcher in self._load() if self._load is not None else ():
+            labels = (model, version)
+            pending.add_metric(labels, (batcher.queued_requests + batcher.running_requests) / max(batcher.instances, 1))
+            controller = batcher.controller
+            if controller is not None:
+                for gauge, reading in zip(
+                    targets,
+                    (
+                        controller.target_ns / 1e9,
+                        controller.admit_bound_ns / 1e9,
+                        controller.batch_cap(),
+                        controller.retry_floor_ns / 1e9,
+                    ),
+                    strict=True,
+                ):
+                    gauge.add_metric(labels, reading)
         yield pending
+        yield from targets
