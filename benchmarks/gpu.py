@@ -22,6 +22,10 @@ Steps (`main`):
 4. Warm up: the in-process session at every batch size, and one discarded perf_analyzer run per
    concurrency (with the CUDA EP's default exhaustive cuDNN search, every new batch shape costs a
    search on its first run; the server meets many shapes).
+   With `--instances 1,2` one server runs per instance count (each its own repository, all of them
+   up at once, measured in turn within each repeat): two instances on one GPU let one batch's
+   host-side work (concatenation, copies) overlap the other's compute. The verdict takes the best
+   count. Each extra server costs its own warm-up (about as long as the first's).
 5. For each repeat: sweep in-process ONNX Runtime over batch sizes in two IO-binding variants
    (`host`: the input is bound from host memory with `bind_cpu_input` at every run, so it is
    copied to the device each time, as a server must; `device`: bound once as a device OrtValue),
@@ -43,6 +47,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,7 +69,7 @@ class CannotStart(Exception):
     """The run cannot start on this machine (exit status 2)."""
 
 
-def config_text(spec: resnet.ResNet, max_batch_size: int, device: str) -> str:
+def config_text(spec: resnet.ResNet, max_batch_size: int, device: str, instances: int = 1) -> str:
     dims = ", ".join(str(d) for d in spec.input_dims)
     kind = "KIND_GPU" if device == "cuda" else "KIND_CPU"
     return "\n".join(
@@ -74,9 +79,9 @@ def config_text(spec: resnet.ResNet, max_batch_size: int, device: str) -> str:
             f"max_batch_size: {max_batch_size}",
             f'input [ {{ name: "x" data_type: TYPE_FP32 dims: [ {dims} ] }} ]',
             f'output [ {{ name: "y" data_type: TYPE_FP32 dims: [ {spec.output_dims[0]} ] }} ]',
-            f"instance_group [ {{ count: 1 kind: {kind} gpus: [ 0 ] }} ]"
+            f"instance_group [ {{ count: {instances} kind: {kind} gpus: [ 0 ] }} ]"
             if device == "cuda"
-            else f"instance_group [ {{ count: 1 kind: {kind} }} ]",
+            else f"instance_group [ {{ count: {instances} kind: {kind} }} ]",
             "dynamic_batching { }",
             "",
         ]
@@ -181,8 +186,8 @@ def measure_server(pa: Path, proc: servers.Proc, concurrency: int, requests: int
 class Results:
     sweeps: list[dict[str, list[Point]]] = field(default_factory=list)
     """Per repeat: variant -> one Point per batch size."""
-    server: dict[int, list[ServerSample]] = field(default_factory=dict)
-    """Concurrency -> one sample per repeat."""
+    server: dict[int, dict[int, list[ServerSample]]] = field(default_factory=dict)
+    """Instance count -> concurrency -> one sample per repeat."""
 
     def ceiling(self, repeat: int, variant: str = "host") -> Point:
         return max(self.sweeps[repeat][variant], key=lambda p: p.images_per_s)
@@ -204,12 +209,18 @@ def gpu_name(device: str) -> str:
     return "none found by nvidia-smi" + (" (CPU run)" if device == "cpu" else "")
 
 
-def ratios(r: Results, concurrency: int, variant: str = "host") -> list[float]:
+def ratios(r: Results, instances: int, concurrency: int, variant: str = "host") -> list[float]:
     return [
         s.infer_per_s / r.ceiling(i, variant).images_per_s
-        for i, s in enumerate(r.server[concurrency])
+        for i, s in enumerate(r.server[instances][concurrency])
         if not s.error and r.ceiling(i, variant).images_per_s > 0
     ]
+
+
+def best_instances(r: Results, concurrency: int) -> int:
+    """The instance count with the highest median ratio at `concurrency` (the first, if none measured)."""
+    measured = {n: ratios(r, n, concurrency) for n in r.server}
+    return max(r.server, key=lambda n: median(measured[n]) if measured[n] else -1.0)
 
 
 def render(r: Results, batches: Sequence[int], target: float, verdict_c: int) -> tuple[list[str], str]:
@@ -230,34 +241,38 @@ def render(r: Results, batches: Sequence[int], target: float, verdict_c: int) ->
                 "",
             ]
         )
-    for c, samples in r.server.items():
-        ok = [s for s in samples if not s.error]
-        errors = [s.error for s in samples if s.error]
-        rows.append(
-            [
-                "ortserve, dynamic_batching (session.run, host arrays)"
-                + (f" [{len(errors)} failed: {errors[-1]}]" if errors else ""),
-                str(c),
-                summary([s.infer_per_s for s in ok]),
-                summary(ratios(r, c), 2),
-                summary([s.p50_ms for s in ok], 2),
-                summary([s.p99_ms for s in ok], 2),
-                summary([s.mean_batch for s in ok], 1),
-                summary([s.batch_sizes_new for s in ok]),
-            ]
-        )
+    for n, by_c in r.server.items():
+        for c, samples in by_c.items():
+            ok = [s for s in samples if not s.error]
+            errors = [s.error for s in samples if s.error]
+            rows.append(
+                [
+                    f"ortserve, dynamic_batching (session.run, host arrays), {n} instance{'s' if n > 1 else ''}"
+                    + (f" [{len(errors)} failed: {errors[-1]}]" if errors else ""),
+                    str(c),
+                    summary([s.infer_per_s for s in ok]),
+                    summary(ratios(r, n, c), 2),
+                    summary([s.p50_ms for s in ok], 2),
+                    summary([s.p99_ms for s in ok], 2),
+                    summary([s.mean_batch for s in ok], 1),
+                    summary([s.batch_sizes_new for s in ok]),
+                ]
+            )
     sweep_header = ["images/s by batch"] + [f"b{b}" for b in batches]
     sweep_rows = [
         [f"{v} input"] + [summary([sweep[v][j].images_per_s for sweep in r.sweeps]) for j in range(len(batches))]
         for v in VARIANTS
     ]
-    measured = ratios(r, verdict_c)
+    chosen = best_instances(r, verdict_c)
+    measured = ratios(r, chosen, verdict_c)
     met = bool(measured) and median(measured) >= target
     verdict = (
         f"verdict: ortserve at C={verdict_c} / in-process best (host input) = "
         f"{summary(measured, 2) if measured else 'n/a'} against >= {target:.2f}: "
         + ("met" if met else "missed" if measured else "not measured")
-        + f" (device-resident input: {summary(ratios(r, verdict_c, 'device'), 2)})"
+        + f" ({chosen} instance{'s' if chosen > 1 else ''}"
+        + (f", the best of {', '.join(map(str, r.server))}" if len(r.server) > 1 else "")
+        + f"; device-resident input: {summary(ratios(r, chosen, verdict_c, 'device'), 2)})"
     )
     lines = [text_table(header, rows), "", text_table(sweep_header, sweep_rows), "", f"note: {SERVER_NOTE}", verdict]
     return lines, "met" if met else "missed"
@@ -287,41 +302,51 @@ def run(args: argparse.Namespace) -> int:
     spec = resnet.resnet(**resnet.TINY) if args.tiny else resnet.resnet()
     env["model"] = spec.description
     print("\n".join(f"{k}: {v}" for k, v in env.items()), flush=True)
-    results = Results(server={c: [] for c in args.concurrency})
-    with tempfile.TemporaryDirectory(prefix="ortserve-gpu-") as tmp:
-        version = Path(tmp) / MODEL / "1"
-        version.mkdir(parents=True)
-        onnx.save(spec.proto, str(version / "model.onnx"))
-        (Path(tmp) / MODEL / "config.pbtxt").write_text(config_text(spec, args.max_batch_size, args.device))
+    results = Results(server={n: {c: [] for c in args.concurrency} for n in args.instances})
+    with tempfile.TemporaryDirectory(prefix="ortserve-gpu-") as tmp, ExitStack() as running:
+        path = Path(tmp) / "model.onnx"
+        onnx.save(spec.proto, str(path))
+        repos = {}
+        for n in args.instances:  # one repository (and server) per instance count
+            version = Path(tmp) / f"i{n}" / MODEL / "1"
+            version.mkdir(parents=True)
+            os.link(path, version / "model.onnx")
+            (version.parent / "config.pbtxt").write_text(config_text(spec, args.max_batch_size, args.device, n))
+            repos[n] = version.parent.parent
         print(f"model built in {time.perf_counter() - started:.0f} s; in-process session", flush=True)
-        session = make_session(version / "model.onnx", args.device, args.threads)
+        session = make_session(path, args.device, args.threads)
         env["providers"] = ", ".join(session.get_providers())
         print(f"providers: {env['providers']}; warming up every batch size", flush=True)
         for b in args.batches:
             for variant in VARIANTS:
                 measure_iobinding(session, args.device, b, variant, 0.05)
-        print("starting ortserve", flush=True)
-        with servers.ortserve(Path(tmp), args.threads, args.device) as proc:
-            rate = measure_iobinding(session, args.device, args.batches[-1], "host", 0.2).images_per_s
+        rate = measure_iobinding(session, args.device, args.batches[-1], "host", 0.2).images_per_s
+        procs = {}
+        for n, repo in repos.items():
+            print(f"starting ortserve ({n} instance{'s' if n > 1 else ''})", flush=True)
+            procs[n] = running.enter_context(servers.ortserve(repo, args.threads, args.device))
             for c in args.concurrency:  # discarded: new batch shapes pay the cuDNN search here
-                warm = measure_server(pa, proc, c, max(50, int(rate * args.window_s)), args.pa_threads)
-                print(f"warm-up C={c}: {warm.infer_per_s:.0f} infer/s {warm.error}", flush=True)
-            for repeat in range(args.repeats):
-                sweep = {
-                    v: [measure_iobinding(session, args.device, b, v, args.sweep_s) for b in args.batches]
-                    for v in VARIANTS
-                }
-                results.sweeps.append(sweep)
-                line = [f"repeat {repeat + 1}: in-process best {results.ceiling(repeat).images_per_s:.0f} images/s"]
-                shift = repeat % len(args.concurrency)
-                order = args.concurrency[shift:] + args.concurrency[:shift]
+                warm = measure_server(pa, procs[n], c, max(50, int(rate * args.window_s)), args.pa_threads)
+                print(f"warm-up {n}x C={c}: {warm.infer_per_s:.0f} infer/s {warm.error}", flush=True)
+        for repeat in range(args.repeats):
+            sweep = {
+                v: [measure_iobinding(session, args.device, b, v, args.sweep_s) for b in args.batches]
+                for v in VARIANTS
+            }
+            results.sweeps.append(sweep)
+            line = [f"repeat {repeat + 1}: in-process best {results.ceiling(repeat).images_per_s:.0f} images/s"]
+            shift = repeat % len(args.concurrency)
+            order = args.concurrency[shift:] + args.concurrency[:shift]
+            counts = args.instances[repeat % len(args.instances) :] + args.instances[: repeat % len(args.instances)]
+            for n in counts:
                 for c in order:
-                    previous = [s.infer_per_s for s in results.server[c] if not s.error]
+                    previous = [s.infer_per_s for s in results.server[n][c] if not s.error]
                     guess = previous[-1] if previous else results.ceiling(repeat).images_per_s
-                    s = measure_server(pa, proc, c, min(max(50, int(guess * args.window_s)), 50_000), args.pa_threads)
-                    results.server[c].append(s)
-                    line.append(f"C={c} {s.infer_per_s:.0f} infer/s" + (f" ({s.error})" if s.error else ""))
-                print("; ".join(line), flush=True)
+                    requests = min(max(50, int(guess * args.window_s)), 50_000)
+                    s = measure_server(pa, procs[n], c, requests, args.pa_threads)
+                    results.server[n][c].append(s)
+                    line.append(f"{n}x C={c} {s.infer_per_s:.0f} infer/s" + (f" ({s.error})" if s.error else ""))
+            print("; ".join(line), flush=True)
     lines, verdict = render(results, args.batches, args.target, max(args.concurrency))
     elapsed = time.perf_counter() - started
     print("\n" + "\n".join(lines) + f"\n\n{elapsed:.0f} s", flush=True)
@@ -334,9 +359,18 @@ def run(args: argparse.Namespace) -> int:
                     "server_side": SERVER_NOTE,
                     "batches": args.batches,
                     "sweeps": [{v: [asdict(p) for p in s[v]] for v in VARIANTS} for s in results.sweeps],
-                    "server": {str(c): [asdict(s) for s in v] for c, v in results.server.items()},
-                    "ratio_host": {str(c): ratios(results, c) for c in results.server},
-                    "ratio_device": {str(c): ratios(results, c, "device") for c in results.server},
+                    "server": {
+                        str(n): {str(c): [asdict(s) for s in v] for c, v in by_c.items()}
+                        for n, by_c in results.server.items()
+                    },
+                    "ratio_host": {
+                        str(n): {str(c): ratios(results, n, c) for c in by_c} for n, by_c in results.server.items()
+                    },
+                    "ratio_device": {
+                        str(n): {str(c): ratios(results, n, c, "device") for c in by_c}
+                        for n, by_c in results.server.items()
+                    },
+                    "best_instances": best_instances(results, max(args.concurrency)),
                     "target": args.target,
                     "verdict": verdict,
                     "elapsed_s": elapsed,
@@ -358,6 +392,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batches", type=ints, default=[1, 8, 16, 32, 64, 128], help="in-process batch sizes")
     parser.add_argument("--concurrency", type=ints, default=[32, 128], help="the verdict is at the highest")
+    parser.add_argument(
+        "--instances", type=ints, default=[1], help="instance counts of the model, one server each (e.g. 1,2)"
+    )
     parser.add_argument("--max-batch-size", type=int, default=128)
     parser.add_argument("--sweep-s", type=float, default=1.5, help="seconds per batch size and variant")
     parser.add_argument("--window-s", type=float, default=1.5, help="target seconds per perf_analyzer window")

@@ -53,16 +53,20 @@ def test_resnet50_has_its_shape_and_the_tiny_variant_runs(tmp_path: Path) -> Non
 
 
 def test_cpu_smoke_prints_the_table_and_a_verdict(tmp_path: Path) -> None:
-    done, result = _benchmark(tmp_path, "--device", "cpu", *SMOKE)
+    done, result = _benchmark(tmp_path, "--device", "cpu", "--instances", "1,2", *SMOKE)
     assert done.returncode in (0, 3), done.stdout + done.stderr  # met or missed: both are a finished run
     assert "in-process ORT, IO binding, host input, best batch" in done.stdout
-    assert "ortserve, dynamic_batching (session.run, host arrays)" in done.stdout
+    assert "ortserve, dynamic_batching (session.run, host arrays), 1 instance " in done.stdout
+    assert "ortserve, dynamic_batching (session.run, host arrays), 2 instances " in done.stdout
     assert "no IO binding on the server side" in done.stdout
     verdict = [line for line in done.stdout.splitlines() if line.startswith("verdict: ortserve at C=128")]
     assert verdict and (">= 0.90: met" in verdict[0] or ">= 0.90: missed" in verdict[0]), done.stdout
     assert result["verdict"] in ("met", "missed")
-    assert all(s["error"] == "" and s["infer_per_s"] > 0 for c in ("32", "128") for s in result["server"][c])
-    assert len(result["ratio_host"]["128"]) == 1
+    best = result["best_instances"]
+    assert best in (1, 2) and f"({best} instance" in verdict[0] and "the best of 1, 2" in verdict[0]
+    for n in ("1", "2"):
+        assert all(s["error"] == "" and s["infer_per_s"] > 0 for c in ("32", "128") for s in result["server"][n][c])
+        assert len(result["ratio_host"][n]["128"]) == 1
 
 
 def test_cuda_mode_fails_clearly_without_the_cuda_provider(tmp_path: Path) -> None:
