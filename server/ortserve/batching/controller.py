@@ -60,7 +60,6 @@ FEEDBACK_GAIN = 0.05
 """Weight of the newest batch in the running fraction of requests over the setpoint."""
 
 SHRINK, GROW, MIN_SCALE = 0.97, 1.01, 0.05
-
 """Per-batch factors on the admission bound while over / well under the tail, and its floor."""
 
 RETRY_TARGETS, RETRY_TARGETS_MAX = 2.0, 20.0
