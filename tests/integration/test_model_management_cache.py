@@ -107,7 +107,12 @@ def test_concurrent_identical_and_different_requests_get_their_own_answers(srv: 
     for x, future in sent:
         np.testing.assert_array_equal(outputs_of(future.result())["y"], x * np.float32(2.0))
     hits, misses, _, successes = counts(server.stub, "cached")
-    assert successes == 200 and hits + misses == 200 and hits >= 150
+    # How many identical requests miss depends on how many arrive before the first of them is
+    # answered (nothing coalesces them, as in Triton): every distinct input misses at least once.
+    assert successes == 200 and hits + misses == 200 and misses >= len(pool)
+    for x in pool:  # all answered now, so each is in the cache
+        np.testing.assert_array_equal(outputs_of(server.stub.ModelInfer(infer_request("cached", {"x": x})))["y"], x * 2)
+    assert counts(server.stub, "cached")[:2] == (hits + len(pool), misses)
 
 
 def test_with_the_server_cache_off_nothing_is_cached(repo: Path) -> None:
