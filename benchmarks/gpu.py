@@ -154,11 +154,31 @@ class ServerSample:
     mean_batch: float = 0.0
     batch_sizes_new: int = 0
     """Batch sizes the server executed for the first time during this measurement."""
+    infer_ms_per_batch: float = 0.0
+    """Mean `session.run` time of one batch (ModelStatistics compute_infer per execution)."""
+    instance_busy: float = 0.0
+    """Share of the measurement's wall time the instances spent in `session.run` (1.0: always)."""
+    host_ms_per_batch: float = 0.0
+    """Mean batch assembly + output slicing time (compute_input + compute_output per execution)."""
+    busiest_thread: float = 0.0
+    """CPU share of the server's busiest thread (the event loop's, as a rule) over the measurement."""
+    server_cores: float = 0.0
+    """CPU cores the whole server process used over the measurement."""
     error: str = ""
 
 
-def batch_sizes(target: str) -> set[int]:
-    """The batch sizes the model has executed so far (ModelStatistics batch_stats)."""
+@dataclass(slots=True)
+class Executed:
+    """ModelStatistics' per-batch-size counters, summed over the batch sizes."""
+
+    sizes: set[int]
+    executions: int
+    infer_ns: int
+    host_ns: int
+
+
+def executed(target: str) -> Executed:
+    """The model's batch_stats: the batch sizes it has executed and its compute time so far."""
     import grpc
 
     from ortserve_client.proto import grpc_service_pb2 as pb
@@ -168,19 +188,42 @@ def batch_sizes(target: str) -> set[int]:
         reply = pb_grpc.GRPCInferenceServiceStub(channel).ModelStatistics(
             pb.ModelStatisticsRequest(name=MODEL), timeout=10
         )
-    return {b.batch_size for b in reply.model_stats[0].batch_stats}
+    stats = reply.model_stats[0].batch_stats
+    return Executed(
+        {b.batch_size for b in stats},
+        sum(b.compute_infer.count for b in stats),
+        sum(b.compute_infer.ns for b in stats),
+        sum(b.compute_input.ns + b.compute_output.ns for b in stats),
+    )
 
 
-def measure_server(pa: Path, proc: servers.Proc, concurrency: int, requests: int, pa_threads: int) -> ServerSample:
-    before, sizes = servers.counts(proc.target, MODEL), batch_sizes(proc.target)
+def measure_server(
+    pa: Path, proc: servers.Proc, concurrency: int, requests: int, pa_threads: int, instances: int = 1
+) -> ServerSample:
+    before, done_before = servers.counts(proc.target, MODEL), executed(proc.target)
+    threads_before, started = proc.thread_cpu_s(), time.perf_counter()
     m = loadgen.measure(pa, proc.target, MODEL, concurrency, requests, timeout_s=240, max_threads=pa_threads)
+    wall, threads_after = time.perf_counter() - started, proc.thread_cpu_s()
     if m.error:
         return ServerSample(error=m.error)
-    after = servers.counts(proc.target, MODEL)
+    after, done_after = servers.counts(proc.target, MODEL), executed(proc.target)
     executions = after.executions - before.executions
     mean_batch = (after.inferences - before.inferences) / executions if executions else 0.0
-    new = len(batch_sizes(proc.target) - sizes)
-    return ServerSample(m.infer_per_s, m.p50_ms, m.p99_ms, mean_batch, new)
+    runs = done_after.executions - done_before.executions
+    infer_ns, host_ns = done_after.infer_ns - done_before.infer_ns, done_after.host_ns - done_before.host_ns
+    used = [cpu - threads_before.get(tid, (name, 0.0))[1] for tid, (name, cpu) in threads_after.items()]
+    return ServerSample(
+        m.infer_per_s,
+        m.p50_ms,
+        m.p99_ms,
+        mean_batch,
+        len(done_after.sizes - done_before.sizes),
+        infer_ns / runs / 1e6 if runs else 0.0,
+        infer_ns / 1e9 / wall / instances if wall > 0 else 0.0,
+        host_ns / runs / 1e6 if runs else 0.0,
+        max(used, default=0.0) / wall if wall > 0 else 0.0,
+        sum(used) / wall if wall > 0 else 0.0,
+    )
 
 
 @dataclass
@@ -210,6 +253,14 @@ def gpu_name(device: str) -> str:
     return "none found by nvidia-smi" + (" (CPU run)" if device == "cpu" else "")
 
 
+def brief(s: ServerSample) -> str:
+    """One measurement in a progress line (the table has them all)."""
+    return (
+        f"{s.infer_per_s:.0f} infer/s, batch {s.mean_batch:.1f}, run {s.infer_ms_per_batch:.1f} ms, "
+        f"busy {s.instance_busy:.2f}, busiest thread {s.busiest_thread:.2f}, {s.batch_sizes_new} new sizes"
+    )
+
+
 def ratios(r: Results, instances: int, concurrency: int, variant: str = "host") -> list[float]:
     return [
         s.infer_per_s / r.ceiling(i, variant).images_per_s
@@ -225,7 +276,21 @@ def best_instances(r: Results, concurrency: int) -> int:
 
 
 def render(r: Results, batches: Sequence[int], target: float, verdict_c: int) -> tuple[list[str], str]:
-    header = ["row", "C", "images/s", "x ceiling", "p50 ms", "p99 ms", "mean batch", "new batch sizes"]
+    header = [
+        "row",
+        "C",
+        "images/s",
+        "x ceiling",
+        "p50 ms",
+        "p99 ms",
+        "mean batch",
+        "run ms/batch",
+        "host ms/batch",
+        "instances busy",
+        "busiest thread",
+        "server cores",
+        "new batch sizes",
+    ]
     rows = []
     for variant in VARIANTS:
         best = [r.ceiling(i, variant) for i in range(len(r.sweeps))]
@@ -238,8 +303,9 @@ def render(r: Results, batches: Sequence[int], target: float, verdict_c: int) ->
                 summary([b.images_per_s / r.ceiling(i).images_per_s for i, b in enumerate(best)], 2),
                 "",
                 "",
-                "",
-                "",
+                str(max(set(bs), key=bs.count)),
+                f"{median([p.ms_per_batch for p in best]):.2f}",
+                *[""] * 5,
             ]
         )
     for n, by_c in r.server.items():
@@ -256,6 +322,11 @@ def render(r: Results, batches: Sequence[int], target: float, verdict_c: int) ->
                     summary([s.p50_ms for s in ok], 2),
                     summary([s.p99_ms for s in ok], 2),
                     summary([s.mean_batch for s in ok], 1),
+                    summary([s.infer_ms_per_batch for s in ok], 2),
+                    summary([s.host_ms_per_batch for s in ok], 2),
+                    summary([s.instance_busy for s in ok], 2),
+                    summary([s.busiest_thread for s in ok], 2),
+                    summary([s.server_cores for s in ok], 1),
                     summary([s.batch_sizes_new for s in ok]),
                 ]
             )
@@ -330,8 +401,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"starting ortserve ({n} instance{'s' if n > 1 else ''})", flush=True)
             procs[n] = running.enter_context(servers.ortserve(repo, args.threads, args.device))
             for c in args.concurrency:  # discarded: new batch shapes pay the cuDNN search here
-                warm = measure_server(pa, procs[n], c, max(50, int(rate * args.window_s)), args.pa_threads)
-                print(f"warm-up {n}x C={c}: {warm.infer_per_s:.0f} infer/s {warm.error}", flush=True)
+                warm = measure_server(pa, procs[n], c, max(50, int(rate * args.window_s)), args.pa_threads, n)
+                print(f"warm-up {n}x C={c}: {brief(warm)} {warm.error}", flush=True)
         for repeat in range(args.repeats):
             sweep = {
                 v: [measure_iobinding(session, args.device, b, v, args.sweep_s) for b in args.batches]
@@ -347,9 +418,9 @@ def run(args: argparse.Namespace) -> int:
                     previous = [s.infer_per_s for s in results.server[n][c] if not s.error]
                     guess = previous[-1] if previous else results.ceiling(repeat).images_per_s
                     requests = min(max(50, int(guess * args.window_s)), 50_000)
-                    s = measure_server(pa, procs[n], c, requests, args.pa_threads)
+                    s = measure_server(pa, procs[n], c, requests, args.pa_threads, n)
                     results.server[n][c].append(s)
-                    line.append(f"{n}x C={c} {s.infer_per_s:.0f} infer/s" + (f" ({s.error})" if s.error else ""))
+                    line.append(f"{n}x C={c} {brief(s)}" + (f" ({s.error})" if s.error else ""))
             print("; ".join(line), flush=True)
     lines, verdict = render(results, args.batches, args.target, max(args.concurrency))
     elapsed = time.perf_counter() - started
