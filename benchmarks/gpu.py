@@ -70,7 +70,9 @@ class CannotStart(Exception):
     """The run cannot start on this machine (exit status 2)."""
 
 
-def config_text(spec: resnet.ResNet, max_batch_size: int, device: str, instances: int = 1) -> str:
+def config_text(
+    spec: resnet.ResNet, max_batch_size: int, device: str, instances: int = 1, cudnn_search: str = ""
+) -> str:
     dims = ", ".join(str(d) for d in spec.input_dims)
     kind = "KIND_GPU" if device == "cuda" else "KIND_CPU"
     return "\n".join(
@@ -84,12 +86,18 @@ def config_text(spec: resnet.ResNet, max_batch_size: int, device: str, instances
             if device == "cuda"
             else f"instance_group [ {{ count: {instances} kind: {kind} }} ]",
             "dynamic_batching { }",
+            (
+                "optimization { execution_accelerators { gpu_execution_accelerator: [ { name: \"cuda\" "
+                f'parameters {{ key: "cudnn_conv_algo_search" value: "{cudnn_search}" }} }} ] }} }}'
+            )
+            if cudnn_search
+            else "",
             "",
         ]
     )
 
 
-def make_session(path: Path, device: str, threads: int) -> Any:
+def make_session(path: Path, device: str, threads: int, cudnn_search: str = "") -> Any:
     """The session options ortserve gives a one-instance model (inprocess.py), on `device`."""
     import onnxruntime as ort
 
@@ -97,7 +105,8 @@ def make_session(path: Path, device: str, threads: int) -> Any:
 
     so = session_options(threads)
     # The providers ortserve asks for (runtime/providers.py): CUDA on GPU 0, CPU for the rest.
-    providers: list[Any] = [(CUDA, {"device_id": 0}), "CPUExecutionProvider"] if device == "cuda" else []
+    options = {"device_id": 0, **({"cudnn_conv_algo_search": cudnn_search} if cudnn_search else {})}
+    providers: list[Any] = [(CUDA, options), "CPUExecutionProvider"] if device == "cuda" else []
     session = ort.InferenceSession(str(path), so, providers=providers or ["CPUExecutionProvider"])
     if device == "cuda" and CUDA not in session.get_providers():
         raise CannotStart(
@@ -198,11 +207,17 @@ def executed(target: str) -> Executed:
 
 
 def measure_server(
-    pa: Path, proc: servers.Proc, concurrency: int, requests: int, pa_threads: int, instances: int = 1
+    pa: Path,
+    proc: servers.Proc,
+    concurrency: int,
+    requests: int,
+    pa_threads: int,
+    instances: int = 1,
+    timeout_s: float = 240,
 ) -> ServerSample:
     before, done_before = servers.counts(proc.target, MODEL), executed(proc.target)
     threads_before, started = proc.thread_cpu_s(), time.perf_counter()
-    m = loadgen.measure(pa, proc.target, MODEL, concurrency, requests, timeout_s=240, max_threads=pa_threads)
+    m = loadgen.measure(pa, proc.target, MODEL, concurrency, requests, timeout_s=timeout_s, max_threads=pa_threads)
     wall, threads_after = time.perf_counter() - started, proc.thread_cpu_s()
     if m.error:
         return ServerSample(error=m.error)
@@ -386,22 +401,38 @@ def run(args: argparse.Namespace) -> int:
                 os.link(path, version / "model.onnx")  # ResNet-50 is ~100 MB: one copy on disk
             except OSError:
                 shutil.copyfile(path, version / "model.onnx")
-            (version.parent / "config.pbtxt").write_text(config_text(spec, args.max_batch_size, args.device, n))
+            (version.parent / "config.pbtxt").write_text(
+                config_text(spec, args.max_batch_size, args.device, n, args.cudnn_search)
+            )
             repos[n] = version.parent.parent
         print(f"model built in {time.perf_counter() - started:.0f} s; in-process session", flush=True)
-        session = make_session(path, args.device, args.threads)
+        session = make_session(path, args.device, args.threads, args.cudnn_search)
         env["providers"] = ", ".join(session.get_providers())
+        env["cudnn_conv_algo_search"] = args.cudnn_search or "EXHAUSTIVE (ONNX Runtime's default)"
         print(f"providers: {env['providers']}; warming up every batch size", flush=True)
         for b in args.batches:
             for variant in VARIANTS:
                 measure_iobinding(session, args.device, b, variant, 0.05)
         rate = measure_iobinding(session, args.device, args.batches[-1], "host", 0.2).images_per_s
+        if args.device == "cuda" and args.cudnn_search not in ("", "EXHAUSTIVE"):
+            # What the search mode costs the ceiling: one shape with ONNX Runtime's default search.
+            exhaustive = make_session(path, args.device, args.threads, "EXHAUSTIVE")
+            t0 = time.perf_counter()
+            point = measure_iobinding(exhaustive, args.device, args.batches[-1], "host", 1.0)
+            env["exhaustive_search"] = (
+                f"in-process at batch {point.batch}: {point.images_per_s:.0f} images/s with EXHAUSTIVE vs "
+                f"{rate:.0f} with {args.cudnn_search}; its first run + 1.25 s of runs took "
+                f"{time.perf_counter() - t0:.1f} s"
+            )
+            print(env["exhaustive_search"], flush=True)
+            del exhaustive
         procs = {}
         for n, repo in repos.items():
             print(f"starting ortserve ({n} instance{'s' if n > 1 else ''})", flush=True)
             procs[n] = running.enter_context(servers.ortserve(repo, args.threads, args.device))
             for c in args.concurrency:  # discarded: new batch shapes pay the cuDNN search here
-                warm = measure_server(pa, procs[n], c, max(50, int(rate * args.window_s)), args.pa_threads, n)
+                requests = max(50, int(rate * args.window_s))
+                warm = measure_server(pa, procs[n], c, requests, args.pa_threads, n, args.pa_timeout_s)
                 print(f"warm-up {n}x C={c}: {brief(warm)} {warm.error}", flush=True)
         for repeat in range(args.repeats):
             sweep = {
@@ -418,7 +449,7 @@ def run(args: argparse.Namespace) -> int:
                     previous = [s.infer_per_s for s in results.server[n][c] if not s.error]
                     guess = previous[-1] if previous else results.ceiling(repeat).images_per_s
                     requests = min(max(50, int(guess * args.window_s)), 50_000)
-                    s = measure_server(pa, procs[n], c, requests, args.pa_threads, n)
+                    s = measure_server(pa, procs[n], c, requests, args.pa_threads, n, args.pa_timeout_s)
                     results.server[n][c].append(s)
                     line.append(f"{n}x C={c} {brief(s)}" + (f" ({s.error})" if s.error else ""))
             print("; ".join(line), flush=True)
@@ -476,6 +507,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=min(len(os.sched_getaffinity(0)), 8), help="intra-op threads")
     parser.add_argument("--pa-threads", type=int, default=4, help="perf_analyzer --max-threads")
     parser.add_argument("--target", type=float, default=0.90)
+    parser.add_argument("--pa-timeout-s", type=float, default=240, help="limit of one perf_analyzer run")
+    parser.add_argument(
+        "--cudnn-search",
+        choices=["EXHAUSTIVE", "HEURISTIC", "DEFAULT", ""],
+        default="HEURISTIC",
+        help="cudnn_conv_algo_search for the in-process session and the server's config ('': leave it out); "
+        "EXHAUSTIVE times every algorithm at each new batch shape, and a batcher forms up to 128 shapes",
+    )
     parser.add_argument("--json", type=Path, help="write every sample and the verdict here")
     args = parser.parse_args(argv)
     args.batches = sorted(b for b in args.batches if b <= args.max_batch_size)

@@ -19,6 +19,7 @@ from ortserve.batching import BatchObserver, BatchReport, BatchResult, DynamicBa
 from ortserve.errors import ModelLoadError
 from ortserve.observability import DriftMonitor, DriftOptions, ModelStats, RequestSpan, Tracing
 from ortserve.observability.drift import REFERENCE_FILE
+from ortserve.repository.accelerators import DEPRECATED_PARAMETERS, cuda_provider_options
 from ortserve.repository.batch_policy import LATENCY_TARGET_PARAMETER, batch_policy
 from ortserve.repository.cache import CacheView
 from ortserve.repository.model_config import GraphTensor, complete_config, unhonoured_fields
@@ -30,7 +31,7 @@ from ortserve_client.proto import model_config_pb2 as mc
 
 log = logging.getLogger("ortserve.repository")
 
-MODEL_PARAMETERS = {LATENCY_TARGET_PARAMETER, REJECT_NONFINITE_PARAMETER, WEIGHTS_PARAMETER}
+MODEL_PARAMETERS = {LATENCY_TARGET_PARAMETER, REJECT_NONFINITE_PARAMETER, WEIGHTS_PARAMETER, *DEPRECATED_PARAMETERS}
 """Keys of a config's `parameters` that ortserve acts on; others are logged as ignored."""
 
 _KINDS = {
@@ -41,13 +42,17 @@ _KINDS = {
 }
 
 
-def instance_specs(config: mc.ModelConfig) -> list[InstanceSpec]:
-    """One InstanceSpec per instance of every instance_group (default: one, kind auto)."""
+def instance_specs(config: mc.ModelConfig, model: str = "") -> list[InstanceSpec]:
+    """One InstanceSpec per instance of every instance_group (default: one, kind auto).
+
+    Each carries the config's CUDA execution provider options (accelerators.py).
+    """
+    cuda = tuple(sorted(cuda_provider_options(model or config.name, config).items()))
     specs: list[InstanceSpec] = []
     for group in config.instance_group or [mc.ModelInstanceGroup(count=1)]:
         gpus = list(group.gpus) or [0]
         for index in range(max(group.count, 1)):
-            specs.append(InstanceSpec(kind=_KINDS[group.kind], gpu_id=gpus[index % len(gpus)]))
+            specs.append(InstanceSpec(kind=_KINDS[group.kind], gpu_id=gpus[index % len(gpus)], cuda_options=cuda))
     return specs
 
 

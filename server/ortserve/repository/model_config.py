@@ -26,6 +26,7 @@ from google.protobuf.message import Message
 
 from ortserve.dtypes import BY_NAME
 from ortserve.errors import ModelLoadError
+from ortserve.repository.accelerators import unhonoured_accelerators
 from ortserve_client.proto import model_config_pb2 as mc
 
 CONFIG_FILENAME: Final = "config.pbtxt"
@@ -135,9 +136,10 @@ HONOURED: Final[_Honoured] = {
         "count": None,
     },
     "response_cache": {"enable": None},
-    # Nothing in `optimization` is honoured, but its knobs are independent features: descending
-    # reports "optimization.cuda.graphs" rather than a bare, uninformative "optimization".
-    "optimization": {"cuda": {}},
+    # Of `optimization`, only the accelerators are honoured (the "cuda" one: accelerators.py, which
+    # also reports the others); descending reports "optimization.cuda.graphs" rather than a bare,
+    # uninformative "optimization".
+    "optimization": {"cuda": {}, "execution_accelerators": None},
 }
 
 
@@ -149,7 +151,7 @@ def unhonoured_fields(config: mc.ModelConfig) -> list[str]:
     """
     found: list[str] = []
     _walk(config, HONOURED, "", found)
-    return found
+    return found + unhonoured_accelerators(config)
 
 
 def _walk(message: Message, honoured: _Honoured, prefix: str, found: list[str]) -> None:

@@ -6,7 +6,7 @@ the caller passes the providers its onnxruntime build offers.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ortserve.errors import ModelLoadError
@@ -24,9 +24,16 @@ Provider = str | tuple[str, dict[str, Any]]
 
 
 def choose_providers(
-    device: str, kind: str, gpu_id: int, available: Sequence[str]
+    device: str,
+    kind: str,
+    gpu_id: int,
+    available: Sequence[str],
+    cuda_options: Mapping[str, str] | None = None,
 ) -> list[str | tuple[str, dict[str, Any]]]:
     """The providers list for an InferenceSession, most preferred first.
+
+    `cuda_options` are extra CUDA execution provider options (e.g. cudnn_conv_algo_search), used
+    only where CUDA is chosen; `device_id` is always `gpu_id`.
 
     - kind "cpu" or device "cpu": CPU only.
     - device "cuda": CUDA on `gpu_id`, then CPU for the nodes CUDA cannot run; ModelLoadError
@@ -45,7 +52,7 @@ def choose_providers(
         return [CPU]
     if gpu_id < 0:
         raise ModelLoadError(f"gpu id must be 0 or more, got {gpu_id}")
-    cuda: list[Provider] = [(CUDA, {"device_id": gpu_id}), CPU]
+    cuda: list[Provider] = [(CUDA, {**(cuda_options or {}), "device_id": gpu_id}), CPU]
     if CUDA in available:
         return cuda
     if device == "cuda":

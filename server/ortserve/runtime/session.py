@@ -54,6 +54,8 @@ class InstanceSpec:
     """"auto" | "cpu" | "gpu" (Triton KIND_AUTO / KIND_CPU / KIND_GPU)."""
     gpu_id: int = 0
     """CUDA device ordinal, used when the instance runs on CUDA."""
+    cuda_options: tuple[tuple[str, str], ...] = ()
+    """Extra CUDA execution provider options (key, value), used when the instance runs on CUDA."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,7 +226,7 @@ def _create_session(
 ) -> Any:
     """One InferenceSession on the device the spec and options call for, checked against reality."""
     try:
-        providers = choose_providers(options.device, spec.kind, spec.gpu_id, available)
+        providers = choose_providers(options.device, spec.kind, spec.gpu_id, available, dict(spec.cuda_options))
     except ModelLoadError as err:
         raise ModelLoadError(f"instance '{instance}': {err}") from err
     wanted_cuda = CUDA in provider_names(providers)
