@@ -329,6 +329,9 @@ def serve(settings: ServerSettings) -> int:
             loop.add_signal_handler(signum, on_signal, signum)
         server = OrtServer(settings)
         log.debug("start-up heap frozen: %d objects", settle_heap())
+        if settings.gil_switch_interval_ms:
+            sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
+        log.debug("GIL switch interval: %.3g ms", sys.getswitchinterval() * 1000)
         try:
             await server.start()
         except (OSError, SecurityConfigError) as exc:

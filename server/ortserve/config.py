@@ -40,6 +40,8 @@ class ServerSettings:
     """Execution device: auto (CUDA when available), cpu, or cuda (fails without a GPU)."""
     intra_op_threads: int = 0
     """ONNX Runtime intra-op threads per instance; 0 divides the available cores among instances."""
+    gil_switch_interval_ms: float = 0.0
+    """Python's GIL switch interval (sys.setswitchinterval) in ms; 0 keeps Python's 5 ms."""
     default_max_batch_size: int = 32
     """max_batch_size given to batchable models whose config does not set one."""
     latency_target_ms: float = 0.0
@@ -125,6 +127,10 @@ class ServerSettings:
         _check_port("http_port", self.http_port, allow_disabled=True)
         if self.intra_op_threads < 0:
             raise SettingsError(f"intra_op_threads: expected >= 0, got {self.intra_op_threads}")
+        if not 0 <= self.gil_switch_interval_ms <= 100:
+            raise SettingsError(
+                f"gil_switch_interval_ms: expected 0 (Python's default) to 100, got {self.gil_switch_interval_ms}"
+            )
         if self.default_max_batch_size < 1:
             raise SettingsError(
                 f"default_max_batch_size: expected >= 1, got {self.default_max_batch_size}"

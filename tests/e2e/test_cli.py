@@ -87,6 +87,17 @@ def test_serve_freezes_the_start_up_heap_before_it_loads_a_model(repo: Path) -> 
     assert int(match.group(1)) > 10_000
     # Before any model loads: a model unloaded later must stay collectable, not frozen.
     assert out.index(match.group(0)) < out.index("loading models from") < out.index("ortserve ready")
+    assert "GIL switch interval: 5 ms" in out  # Python's, unless --gil-switch-interval-ms says otherwise
+
+
+def test_serve_sets_the_gil_switch_interval(repo: Path) -> None:
+    models.save(models.add_sub(), repo, "add_sub")
+    args = ["--model-repository", str(repo), "--grpc-port", "0", "--http-port", "-1", "--log-level", "debug"]
+    with serve_in_subprocess(args, env={"ORTSERVE_GIL_SWITCH_INTERVAL_MS": "0.5"}) as server:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel_to(server.grpc_target))
+        assert stub.ModelReady(pb.ModelReadyRequest(name="add_sub"), timeout=10).ready
+        out = server.output()
+    assert "GIL switch interval: 0.5 ms" in out, out
 
 
 def test_bad_settings_exit_2_with_a_message_naming_the_setting(tmp_path: Path) -> None:
