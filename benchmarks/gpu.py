@@ -13,15 +13,22 @@ Steps (`main`):
 
 1. Build the model (resnet.py; `--tiny`: a scaled-down ResNet) into a temporary repository with a
    complete config.pbtxt: max_batch_size 128, `dynamic_batching { }`, one instance of KIND_GPU
-   (KIND_CPU with `--device cpu`).
+   (KIND_CPU with `--device cpu`), and the cuda accelerator's cudnn_conv_algo_search (`--cudnn-search`,
+   HEURISTIC by default; the in-process session gets the same). With ONNX Runtime's EXHAUSTIVE
+   default every new batch shape pays a timed search of every cuDNN algorithm, and a batcher forms
+   up to 128 shapes; the run prints what EXHAUSTIVE gives the in-process ceiling at the largest batch.
 2. `--device cuda`: exit 2 unless onnxruntime has CUDAExecutionProvider and a session really holds
    it (`session.get_providers()`; onnxruntime-gpu falls back to CPU quietly).
 3. Start `ortserve serve --device cuda|cpu` (servers.py). Its server side runs `session.run` with
    host numpy arrays: ortserve does not use IO binding yet, so every batch pays a host-to-device
    copy of its inputs and a device-to-host copy of its outputs inside `session.run`.
-4. Warm up: the in-process session at every batch size, and one discarded perf_analyzer run per
-   concurrency (with the CUDA EP's default exhaustive cuDNN search, every new batch shape costs a
-   search on its first run; the server meets many shapes).
+4. Warm up: the in-process session at every batch size; then time the ways one batch can reach
+   ONNX Runtime in this process (runpaths.py, `--diagnose-batch`, 64 by default): IO binding,
+   session.run, a freshly concatenated batch, ortserve's own OrtInstance, and that instance from
+   a worker thread while the main thread holds the GIL busy, with Python's 5 ms switch interval and
+   with 0.5 ms. Then per server and concurrency, a short perf_analyzer probe (sizes the windows from
+   the server's own rate) and one discarded run that meets the batch shapes. Server lines echo
+   each instance's providers from the server's log. `--server-arg` passes flags to `ortserve serve`.
    With `--instances 1,2` one server runs per instance count (each its own repository, all of them
    up at once, measured in turn within each repeat): two instances on one GPU let one batch's
    host-side work (concatenation, copies) overlap the other's compute. The verdict takes the best
@@ -33,8 +40,14 @@ Steps (`main`):
    best batch size of the `host` variant. Then ortserve under perf_analyzer (loadgen.py) at each
    concurrency, one-image requests, three count windows, reading ModelStatistics around each run.
 6. Print (and with `--json`, write) the table: medians [min-max] over the repeats, the ratio of
-   ortserve to the ceiling taken within each repeat, p50/p99, mean batch, the GPU and versions,
-   and the verdict against `--target` at the highest concurrency.
+   ortserve to the ceiling taken within each repeat, p50/p99, mean batch, where the server's time
+   went (session.run ms per batch from ModelStatistics, batch assembly + output slicing ms, the share
+   of wall time the instances ran, the busiest server thread's CPU share, the server's cores), the
+   GPU and versions, and the verdict against `--target` at the highest concurrency.
+
+First H200 run (2026-11-26, docs/performance.md): in-process 4423 images/s at batch 128; ortserve
+391 infer/s at C=128 with batches of 64 taking 143 ms in session.run (10x the in-process time) and
+its busiest thread at 95% of a core.
 """
 
 from __future__ import annotations
@@ -56,7 +69,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from benchmarks import loadgen, resnet, servers
+from benchmarks import loadgen, resnet, runpaths, servers
 from benchmarks.machine import environment
 from benchmarks.report import median, summary, text_table
 
@@ -173,6 +186,8 @@ class ServerSample:
     """CPU share of the server's busiest thread (the event loop's, as a rule) over the measurement."""
     server_cores: float = 0.0
     """CPU cores the whole server process used over the measurement."""
+    busy_threads: int = 0
+    """Server threads that used more than a quarter of a core (8+ on a GPU model: ONNX Runtime on CPU)."""
     error: str = ""
 
 
@@ -238,6 +253,7 @@ def measure_server(
         host_ns / runs / 1e6 if runs else 0.0,
         max(used, default=0.0) / wall if wall > 0 else 0.0,
         sum(used) / wall if wall > 0 else 0.0,
+        sum(u > 0.25 * wall for u in used),
     )
 
 
@@ -272,7 +288,8 @@ def brief(s: ServerSample) -> str:
     """One measurement in a progress line (the table has them all)."""
     return (
         f"{s.infer_per_s:.0f} infer/s, batch {s.mean_batch:.1f}, run {s.infer_ms_per_batch:.1f} ms, "
-        f"busy {s.instance_busy:.2f}, busiest thread {s.busiest_thread:.2f}, {s.batch_sizes_new} new sizes"
+        f"busy {s.instance_busy:.2f}, busiest thread {s.busiest_thread:.2f}, {s.server_cores:.1f} cores in "
+        f"{s.busy_threads} busy threads, {s.batch_sizes_new} new sizes"
     )
 
 
@@ -426,13 +443,25 @@ def run(args: argparse.Namespace) -> int:
             )
             print(env["exhaustive_search"], flush=True)
             del exhaustive
+        if args.diagnose_batch:
+            paths = runpaths.measure(
+                session, path, args.device, args.diagnose_batch, args.threads, args.cudnn_search, args.diagnose_s
+            )
+            env["run_paths"] = [asdict(p) for p in paths]
+            print("\n".join(runpaths.render(paths, args.diagnose_batch)), flush=True)
         procs = {}
+        guesses: dict[tuple[int, int], float] = {}
         for n, repo in repos.items():
             print(f"starting ortserve ({n} instance{'s' if n > 1 else ''})", flush=True)
-            procs[n] = running.enter_context(servers.ortserve(repo, args.threads, args.device))
+            procs[n] = running.enter_context(servers.ortserve(repo, args.threads, args.device, args.server_arg))
+            print("\n".join(f"  server: {line.rstrip()}" for line in procs[n].lines if "providers" in line), flush=True)
             for c in args.concurrency:  # discarded: new batch shapes pay the cuDNN search here
-                requests = max(50, int(rate * args.window_s))
+                # A short probe first, so that a server far slower than the ceiling still fits the windows.
+                probe = measure_server(pa, procs[n], c, max(50, 2 * c), args.pa_threads, n, args.pa_timeout_s)
+                requests = max(50, int(min(rate, probe.infer_per_s or rate) * args.window_s))
                 warm = measure_server(pa, procs[n], c, requests, args.pa_threads, n, args.pa_timeout_s)
+                guesses[n, c] = warm.infer_per_s or probe.infer_per_s
+                print(f"warm-up {n}x C={c}: probe {brief(probe)} {probe.error}", flush=True)
                 print(f"warm-up {n}x C={c}: {brief(warm)} {warm.error}", flush=True)
         for repeat in range(args.repeats):
             sweep = {
@@ -447,7 +476,7 @@ def run(args: argparse.Namespace) -> int:
             for n in counts:
                 for c in order:
                     previous = [s.infer_per_s for s in results.server[n][c] if not s.error]
-                    guess = previous[-1] if previous else results.ceiling(repeat).images_per_s
+                    guess = previous[-1] if previous else guesses.get((n, c)) or results.ceiling(repeat).images_per_s
                     requests = min(max(50, int(guess * args.window_s)), 50_000)
                     s = measure_server(pa, procs[n], c, requests, args.pa_threads, n, args.pa_timeout_s)
                     results.server[n][c].append(s)
@@ -463,6 +492,7 @@ def run(args: argparse.Namespace) -> int:
                     "command": " ".join(["python -m benchmarks.gpu", *sys.argv[1:]]),
                     "env": env,
                     "server_side": SERVER_NOTE,
+                    "server_args": args.server_arg,
                     "batches": args.batches,
                     "sweeps": [{v: [asdict(p) for p in s[v]] for v in VARIANTS} for s in results.sweeps],
                     "server": {
@@ -507,6 +537,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=min(len(os.sched_getaffinity(0)), 8), help="intra-op threads")
     parser.add_argument("--pa-threads", type=int, default=4, help="perf_analyzer --max-threads")
     parser.add_argument("--target", type=float, default=0.90)
+    parser.add_argument(
+        "--diagnose-batch", type=int, default=64, help="time the session.run paths (runpaths.py) at this batch; 0: skip"
+    )
+    parser.add_argument("--diagnose-s", type=float, default=1.0, help="seconds per session.run path")
+    parser.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        help="an extra `ortserve serve` argument, e.g. --server-arg=--gil-switch-interval-ms=0.5 (repeatable)",
+    )
     parser.add_argument("--pa-timeout-s", type=float, default=240, help="limit of one perf_analyzer run")
     parser.add_argument(
         "--cudnn-search",

@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,7 +102,7 @@ def bare(repo: Path, mode: str, threads: int) -> Iterator[Proc]:
 
 
 @contextmanager
-def ortserve(repo: Path, threads: int, device: str = "cpu") -> Iterator[Proc]:
+def ortserve(repo: Path, threads: int, device: str = "cpu", extra: Sequence[str] = ()) -> Iterator[Proc]:
     args = [
         "--model-repository",
         str(repo),
@@ -119,6 +119,7 @@ def ortserve(repo: Path, threads: int, device: str = "cpu") -> Iterator[Proc]:
         # INFO: the harness waits for the "ortserve ready" line; the request path logs nothing below WARNING.
         "--log-level",
         "info",
+        *extra,
     ]
     with serve_in_subprocess(args, ready_timeout_s=300) as server:
         yield Proc("ortserve", server.process.pid, server.grpc_target, server.lines)

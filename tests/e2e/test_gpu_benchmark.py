@@ -53,7 +53,10 @@ def test_resnet50_has_its_shape_and_the_tiny_variant_runs(tmp_path: Path) -> Non
 
 
 def test_cpu_smoke_prints_the_table_and_a_verdict(tmp_path: Path) -> None:
-    done, result = _benchmark(tmp_path, "--device", "cpu", "--instances", "1,2", *SMOKE)
+    done, result = _benchmark(
+        tmp_path, "--device", "cpu", "--instances", "1,2", "--diagnose-s", "0.1",
+        "--server-arg=--gil-switch-interval-ms=0.5", *SMOKE,
+    )
     assert done.returncode in (0, 3), done.stdout + done.stderr  # met or missed: both are a finished run
     assert "in-process ORT, IO binding, host input, best batch" in done.stdout
     assert "ortserve, dynamic_batching (session.run, host arrays), 1 instance " in done.stdout
@@ -62,6 +65,16 @@ def test_cpu_smoke_prints_the_table_and_a_verdict(tmp_path: Path) -> None:
     verdict = [line for line in done.stdout.splitlines() if line.startswith("verdict: ortserve at C=128")]
     assert verdict and (">= 0.90: met" in verdict[0] or ">= 0.90: missed" in verdict[0]), done.stdout
     assert result["verdict"] in ("met", "missed")
+    # The session.run paths, each timed on the session it names, and the servers' own providers.
+    paths = result["env"]["run_paths"]
+    assert [p["name"] for p in paths] == [
+        "iobinding", "run", "run, fresh batch", "ortserve instance", "ortserve instance, busy GIL",
+        "ortserve instance, busy GIL, switch 0.5 ms",
+    ]
+    assert all(p["ms_per_batch"] > 0 and p["runs"] >= 3 and p["providers"] == "CPUExecutionProvider" for p in paths)
+    assert "session.run paths at batch 64" in done.stdout
+    assert "providers ['CPUExecutionProvider']" in done.stdout  # the servers' log, echoed
+    assert result["server_args"] == ["--gil-switch-interval-ms=0.5"]
     best = result["best_instances"]
     assert best in (1, 2) and f"({best} instance" in verdict[0] and "the best of 1, 2" in verdict[0]
     for n in ("1", "2"):
@@ -92,3 +105,13 @@ def test_cuda_smoke(tmp_path: Path) -> None:
     assert done.returncode in (0, 3), done.stdout + done.stderr
     assert "CUDAExecutionProvider" in result["env"]["providers"]
     assert result["verdict"] in ("met", "missed")
+    # The session.run paths, each timed on the session it names, and the servers' own providers.
+    paths = result["env"]["run_paths"]
+    assert [p["name"] for p in paths] == [
+        "iobinding", "run", "run, fresh batch", "ortserve instance", "ortserve instance, busy GIL",
+        "ortserve instance, busy GIL, switch 0.5 ms",
+    ]
+    assert all(p["ms_per_batch"] > 0 and p["runs"] >= 3 and p["providers"] == "CPUExecutionProvider" for p in paths)
+    assert "session.run paths at batch 64" in done.stdout
+    assert "providers ['CPUExecutionProvider']" in done.stdout  # the servers' log, echoed
+    assert result["server_args"] == ["--gil-switch-interval-ms=0.5"]

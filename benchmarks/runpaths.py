@@ -1,0 +1,151 @@
+"""The ways one batch can reach ONNX Runtime, timed in one process (benchmarks.gpu's diagnosis).
+
+On an H200 (2026-11-26) ortserve's `session.run` of a 64-image ResNet-50 batch took ~143 ms in the
+server while in-process ONNX Runtime ran 64 images in ~14 ms. Each path below adds one thing the
+server does, so that one run on a GPU says which of them costs the difference:
+
+1. `iobinding`: run_with_iobinding, input bound from host memory each run, output on the device
+   (the ceiling's path).
+2. `run`: InferenceSession.run on the same host array (outputs copied to the host).
+3. `run, fresh batch`: InferenceSession.run on a batch concatenated from one-image arrays for each
+   run, as the batcher builds it (a new 38 MB buffer every time at batch 64).
+4. `ortserve instance`: ortserve's own OnnxModel.load (its session options and providers) and
+   OrtInstance.run, fresh batch.
+5. `ortserve instance, busy GIL`: (4) from a worker thread while the main thread runs Python code
+   without pause, as the event loop does under load. Each time the worker re-takes the GIL (after
+   session.run, and after each piece numpy copies with the GIL released) it waits for the busy
+   thread's switch interval, 5 ms by default.
+6. `... switch 0.5 ms`: (5) with sys.setswitchinterval(0.0005) (`ortserve serve
+   --gil-switch-interval-ms 0.5`).
+
+On the 2-core CPU sandbox with the tiny ResNet at batch 64 (2026-11-26): the concatenation alone
+0.06 ms, 51 ms under a busy GIL; session.run 3.9 ms, 9.1 ms under a busy GIL; both together 60.6 ms,
+14.0 with a 1 ms interval, 6.2 with 0.2 ms.
+
+The printed line per path is milliseconds per batch, median of the timed runs, and what the
+session holds (get_providers()).
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(slots=True)
+class PathTime:
+    name: str
+    ms_per_batch: float
+    runs: int
+    providers: str
+
+
+def _timed(run: Callable[[], object], seconds: float) -> tuple[float, int]:
+    for _ in range(2):  # first runs of a shape pay one-time costs
+        run()
+    times: list[float] = []
+    end = time.perf_counter() + seconds
+    while len(times) < 3 or time.perf_counter() < end:
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times), len(times)
+
+
+def _fresh_batch(rows: list[np.ndarray]) -> Callable[[], np.ndarray]:
+    return lambda: np.concatenate(rows, axis=0)
+
+
+def measure(
+    session: Any, model_path: Path, device: str, batch: int, threads: int, cudnn_search: str, seconds: float
+) -> list[PathTime]:
+    """Time each path at `batch` rows on `session` (built as the ceiling's) and on ortserve's own load."""
+    from ortserve.runtime import InstanceSpec, OnnxModel, RuntimeOptions
+
+    arg = session.get_inputs()[0]
+    out_names = [o.name for o in session.get_outputs()]
+    rng = np.random.default_rng(batch)
+    rows = [rng.standard_normal((1, *arg.shape[1:])).astype(np.float32) for _ in range(batch)]
+    x = np.concatenate(rows, axis=0)
+    fresh = _fresh_batch(rows)
+    held = ", ".join(session.get_providers())
+    where = "cuda" if device == "cuda" else "cpu"
+    results: list[PathTime] = []
+
+    binding = session.io_binding()
+    for name in out_names:
+        binding.bind_output(name, where, 0)
+
+    def iobinding() -> None:
+        binding.bind_cpu_input(arg.name, x)
+        session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+
+    for name, run in (
+        ("iobinding", iobinding),
+        ("run", lambda: session.run(out_names, {arg.name: x})),
+        ("run, fresh batch", lambda: session.run(out_names, {arg.name: fresh()})),
+    ):
+        ms, n = _timed(run, seconds)
+        results.append(PathTime(name, ms, n, held))
+
+    options = dict([("cudnn_conv_algo_search", cudnn_search)] if cudnn_search else [])
+    spec = InstanceSpec(kind="gpu" if device == "cuda" else "cpu", gpu_id=0, cuda_options=tuple(options.items()))
+    model = OnnxModel.load(
+        model_path, [spec], RuntimeOptions(device=device, intra_op_threads=threads), name="diagnosis"
+    )
+    try:
+        instance = model.instances[0]
+        mine = ", ".join(instance.providers)
+        ms, n = _timed(lambda: instance.run({arg.name: fresh()}), seconds)
+        results.append(PathTime("ortserve instance", ms, n, mine))
+        results.append(_with_busy_gil(lambda: instance.run({arg.name: fresh()}), seconds, mine))
+        default = sys.getswitchinterval()
+        sys.setswitchinterval(0.0005)
+        try:
+            short = _with_busy_gil(lambda: instance.run({arg.name: fresh()}), seconds, mine)
+        finally:
+            sys.setswitchinterval(default)
+        short.name += ", switch 0.5 ms"
+        results.append(short)
+    finally:
+        model.close()
+    return results
+
+
+def _with_busy_gil(run: Callable[[], object], seconds: float, providers: str) -> PathTime:
+    """Time `run` in a worker thread while this thread spins in Python (holding the GIL between switches)."""
+    done = threading.Event()
+    result: list[tuple[float, int]] = []
+
+    def worker() -> None:
+        try:
+            result.append(_timed(run, seconds))
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=worker, name="runpaths-worker", daemon=True)
+    thread.start()
+    spins = 0
+    while not done.is_set():
+        spins += sum(range(200))  # pure Python work, as an event loop parsing requests
+    thread.join()
+    ms, n = result[0] if result else (float("nan"), 0)
+    return PathTime("ortserve instance, busy GIL", ms, n, providers)
+
+
+def render(results: list[PathTime], batch: int) -> list[str]:
+    base = results[0].ms_per_batch if results else float("nan")
+    lines = [f"session.run paths at batch {batch} (median ms per batch; x the iobinding path):"]
+    for r in results:
+        ratio = r.ms_per_batch / base
+        lines.append(f"  {r.name:<44} {r.ms_per_batch:9.2f} ms  x{ratio:6.2f}  ({r.runs} runs; {r.providers})")
+    return lines
