@@ -51,6 +51,9 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     )
     models.save(models.identity("FP32", dims=(2, 3)), repo, "fixed")
     models.save(models.identity("FP32", dims=("batch", "n")), repo, "wide")
+    # Batches of 1 MiB and more: concatenated into memory the batcher keeps between batches.
+    models.save(models.identity("FP32", dims=("batch", "n")), repo, "wide_gathered")
+    write_config(repo, "wide_gathered", "max_batch_size: 16\ndynamic_batching { max_queue_delay_microseconds: 5000 }\n")
     with serve_in_thread(repo, http_port=-1) as running:
         yield running
 
@@ -204,6 +207,26 @@ def test_concurrent_requests_each_get_their_own_answer(srv: RunningServer, model
         response = future.result()
         assert response.id == request_id
         check_add_sub(response, a, b)
+
+
+def test_large_batches_in_kept_memory_answer_each_request_with_its_own_rows(srv: RunningServer) -> None:
+    """Identity outputs may alias the batch's input memory, which the next batch overwrites."""
+    before = srv.stub.ModelStatistics(pb.ModelStatisticsRequest(name="wide_gathered")).model_stats[0]
+    rng = np.random.default_rng(14)
+    sent = []
+    for _ in range(3):
+        wave = []
+        for _ in range(24):
+            x = rng.standard_normal((int(rng.integers(1, 5)), 1 << 16), dtype=np.float32)  # 256 KiB a row
+            wave.append((x, srv.stub.ModelInfer.future(infer_request("wide_gathered", {"x": x}), timeout=60)))
+        sent += wave
+    for x, future in sent:
+        np.testing.assert_array_equal(outputs_of(future.result())["y"], x)
+    after = srv.stub.ModelStatistics(pb.ModelStatisticsRequest(name="wide_gathered")).model_stats[0]
+    executions = after.execution_count - before.execution_count
+    rows = after.inference_count - before.inference_count
+    assert rows == sum(x.shape[0] for x, _ in sent)
+    assert rows / executions >= 4  # batches of 1 MiB and more, on average: the kept-memory path ran
 
 
 def test_concurrent_requests_of_every_datatype(srv: RunningServer) -> None:

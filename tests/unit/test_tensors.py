@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from ortserve.batching import concat_inputs, split_outputs
+from ortserve.batching.tensors import BatchBuffers
 
 Array = np.ndarray[Any, Any]
 
@@ -81,3 +82,72 @@ def test_concat_then_split_is_the_identity_per_request(seed: int) -> None:
     for item, part in zip(items, parts, strict=True):
         for name in item:
             np.testing.assert_array_equal(part[name], item[name])
+
+
+# BatchBuffers: large batches go into memory kept between batches.
+
+ROW = 1 << 16  # float32 elements per row: 256 KiB, so 4 rows make a batch of BatchBuffers.MIN_BYTES
+
+
+def _rows(values: list[float], n: int = 1) -> list[dict[str, Array]]:
+    return [{"x": np.full((n, ROW), v, np.float32), "id": np.full((n, 1), v, np.int64)} for v in values]
+
+
+def test_buffers_leave_small_batches_and_single_requests_alone() -> None:
+    buffers = BatchBuffers()
+    small = _rows([1.0, 2.0], n=1)  # 512 KiB of x
+    feeds = buffers.concat(small)
+    np.testing.assert_array_equal(feeds["x"], np.concatenate([i["x"] for i in small]))
+    assert buffers.nbytes == 0
+    one = _rows([3.0], n=8)
+    assert buffers.concat(one) is one[0]
+    assert buffers.nbytes == 0
+
+
+def test_buffers_reuse_their_memory_for_large_batches_and_keep_the_order() -> None:
+    buffers = BatchBuffers()
+    first = buffers.concat(_rows([1.0, 2.0, 3.0, 4.0]))  # 1 MiB: into a kept buffer
+    np.testing.assert_array_equal(first["x"][:, 0], [1.0, 2.0, 3.0, 4.0])
+    assert first["x"].dtype == np.float32 and first["x"].shape == (4, ROW) and first["x"].flags.c_contiguous
+    held = buffers.nbytes
+    assert held == 4 * ROW * 4  # x only: id's batch is 32 bytes
+    second = buffers.concat(_rows([5.0, 6.0, 7.0, 8.0]))
+    assert np.shares_memory(first["x"], second["x"]) and buffers.nbytes == held
+    np.testing.assert_array_equal(second["x"][:, -1], [5.0, 6.0, 7.0, 8.0])
+    np.testing.assert_array_equal(second["id"][:, 0], [5, 6, 7, 8])
+    smaller = buffers.concat(_rows([9.0, 10.0, 11.0, 12.0]))
+    assert np.shares_memory(smaller["x"], second["x"]) and buffers.nbytes == held
+
+
+def test_buffers_grow_by_half_again_at_least() -> None:
+    buffers = BatchBuffers()
+    buffers.concat(_rows([1.0] * 4))
+    held = buffers.nbytes
+    feeds = buffers.concat(_rows([float(v) for v in range(5)]))  # 5 rows: 1.25 x, grows to 1.5 x
+    assert buffers.nbytes == held * 3 // 2
+    np.testing.assert_array_equal(feeds["x"][:, 7], [0.0, 1.0, 2.0, 3.0, 4.0])
+    feeds = buffers.concat(_rows([float(v) for v in range(8)]))  # 2 x needed: 1.5 x 1.5 = 2.25 x
+    assert buffers.nbytes == held * 3 // 2 * 3 // 2
+    feeds = buffers.concat(_rows([float(v) for v in range(8)]))
+    assert buffers.nbytes == held * 3 // 2 * 3 // 2
+    np.testing.assert_array_equal(feeds["x"][:, 0], np.arange(8.0))
+
+
+def test_buffers_leave_object_arrays_to_numpy() -> None:
+    buffers = BatchBuffers()
+    items = [{"s": np.array([[b"a" * 10]] * 70_000, dtype=object)} for _ in range(2)]
+    feeds = buffers.concat(items)
+    assert feeds["s"].shape == (140_000, 1) and buffers.nbytes == 0
+
+
+def test_detach_copies_the_outputs_that_alias_a_buffer() -> None:
+    buffers = BatchBuffers()
+    feeds = buffers.concat(_rows([1.0, 2.0, 3.0, 4.0]))
+    alias = feeds["x"][:, :10]  # as an Identity from input to output might return
+    own = np.ones((4, 10), np.float32)
+    outputs = buffers.detach({"alias": alias, "own": own})
+    assert outputs["own"] is own
+    assert not np.may_share_memory(outputs["alias"], feeds["x"])
+    np.testing.assert_array_equal(outputs["alias"], alias)
+    untouched = {"own": own}
+    assert buffers.detach(untouched) is untouched

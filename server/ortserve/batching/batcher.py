@@ -40,7 +40,7 @@ import numpy as np
 from ortserve.batching.controller import LatencyController
 from ortserve.batching.policy import BatchPolicy
 from ortserve.batching.queue import Pending, RequestQueue
-from ortserve.batching.tensors import concat_inputs, split_outputs
+from ortserve.batching.tensors import BatchBuffers, split_outputs
 from ortserve.errors import (
     DeadlineExceededError,
     InternalError,
@@ -122,6 +122,8 @@ class DynamicBatcher:
         self.name = name
         self.policy = policy or BatchPolicy()
         self._runners = list(runners)
+        self._buffers = [BatchBuffers() for _ in self._runners]
+        """Per instance: reusable memory for large batches, touched by that instance's worker only."""
         self._delay_ns = self.policy.max_queue_delay_us * 1000
         self._on_batch = on_batch
         self._queue = RequestQueue(name, self.policy)
@@ -431,9 +433,10 @@ class DynamicBatcher:
     def _compute(self, instance: int, inputs: list[Mapping[str, np.ndarray]], live: list[Pending]) -> _Done:
         rows = [item.rows for item in live]
         t0 = perf_counter_ns()
-        feeds = concat_inputs(inputs)
+        buffers = self._buffers[instance]
+        feeds = buffers.concat(inputs)
         t1 = perf_counter_ns()
-        outputs = self._runners[instance](feeds)
+        outputs = buffers.detach(self._runners[instance](feeds))
         t2 = perf_counter_ns()
         parts = split_outputs(outputs, rows) if len(rows) > 1 else [dict(outputs)]
         t3 = perf_counter_ns()

@@ -1,10 +1,12 @@
 """Pure tensor plumbing of a batch: concatenate requests' inputs, split the outputs back.
 
 Concatenation is the one intended copy of the request path; splitting returns views.
+BatchBuffers concatenates large batches into memory kept from one batch to the next.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -20,6 +22,68 @@ def concat_inputs(items: Sequence[Mapping[str, np.ndarray]]) -> Mapping[str, np.
         return items[0]
     first = items[0]
     return {name: np.concatenate([item[name] for item in items], axis=0) for name in first}
+
+
+class BatchBuffers:
+    """One instance's reusable input memory: large batches are concatenated into it.
+
+    A batch of 64 ResNet-50 images is 38 MB. A new array that size is mmap'ed fresh each time
+    (glibc's mmap threshold is at most 32 MB) and every page faults in while the copy writes
+    it: on the 2-core sandbox `np.concatenate` of 64 one-image arrays takes 3.3 ms into a new
+    array and 1.5 ms into reused memory (6.8 and 3.2 at 128). Inputs of at least MIN_BYTES per
+    batch are concatenated into a buffer per input name that grows (by half again at least) to
+    the largest batch seen; smaller ones and object (BYTES) arrays into a new array as before.
+
+    Not thread-safe: one per instance, used by that instance's worker only, and a batch's
+    inputs must be consumed (the session has run) before the next `concat`. `detach` copies any
+    output that could share memory with a buffer (an Identity from input to output may alias),
+    so that what goes back to the requests outlives the next batch.
+    """
+
+    MIN_BYTES = 1 << 20
+
+    __slots__ = ("_buffers",)
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, np.ndarray] = {}
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held (for tests and accounting)."""
+        return sum(b.nbytes for b in self._buffers.values())
+
+    def concat(self, items: Sequence[Mapping[str, np.ndarray]]) -> Mapping[str, np.ndarray]:
+        """concat_inputs, into the kept memory where an input's batch has MIN_BYTES or more."""
+        if len(items) == 1:
+            return items[0]
+        feeds: dict[str, np.ndarray] = {}
+        for name in items[0]:
+            arrays = [item[name] for item in items]
+            first = arrays[0]
+            rows = sum(a.shape[0] for a in arrays)
+            shape = (rows, *first.shape[1:])
+            nbytes = math.prod(shape) * first.itemsize
+            if nbytes < self.MIN_BYTES or first.dtype.hasobject:
+                feeds[name] = np.concatenate(arrays, axis=0)
+                continue
+            buffer = self._buffers.get(name)
+            if buffer is None or buffer.nbytes < nbytes:
+                grown = nbytes if buffer is None else max(nbytes, buffer.nbytes * 3 // 2)
+                buffer = self._buffers[name] = np.empty(grown, np.uint8)
+            out = buffer[:nbytes].view(first.dtype).reshape(shape)
+            feeds[name] = np.concatenate(arrays, axis=0, out=out)
+        return feeds
+
+    def detach(self, outputs: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+        """`outputs`, with a copy of each one that may share memory with a buffer."""
+        if not self._buffers:
+            return outputs
+        buffers = self._buffers.values()
+        if not any(np.may_share_memory(a, b) for a in outputs.values() for b in buffers):
+            return outputs
+        return {
+            name: a.copy() if any(np.may_share_memory(a, b) for b in buffers) else a for name, a in outputs.items()
+        }
 
 
 def split_outputs(
