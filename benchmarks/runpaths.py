@@ -10,17 +10,18 @@ server does, so that one run on a GPU says which of them costs the difference:
 3. `run, fresh batch`: InferenceSession.run on a batch concatenated from one-image arrays for each
    run, as the batcher builds it (a new 38 MB buffer every time at batch 64).
 4. `ortserve instance`: ortserve's own OnnxModel.load (its session options and providers) and
-   OrtInstance.run, fresh batch.
+   OrtInstance.run, the batch concatenated as the batcher does (BatchBuffers: into kept memory
+   from 1 MiB up).
 5. `ortserve instance, busy GIL`: (4) from a worker thread while the main thread runs Python code
    without pause, as the event loop does under load. Each time the worker re-takes the GIL (after
-   session.run, and after each piece numpy copies with the GIL released) it waits for the busy
-   thread's switch interval, 5 ms by default.
+   session.run, and, before tensors.gather held the GIL, after each piece np.concatenate copied)
+   it waits out the busy thread's switch interval, 5 ms by default.
 6. `... switch 0.5 ms`: (5) with sys.setswitchinterval(0.0005) (`ortserve serve
    --gil-switch-interval-ms 0.5`).
 
-On the 2-core CPU sandbox with the tiny ResNet at batch 64 (2026-11-26): the concatenation alone
-0.06 ms, 51 ms under a busy GIL; session.run 3.9 ms, 9.1 ms under a busy GIL; both together 60.6 ms,
-14.0 with a 1 ms interval, 6.2 with 0.2 ms.
+On the 2-core CPU sandbox with the tiny ResNet at batch 64 (2026-11-26), rows 4 / 5 / 6: with the
+batch concatenated by np.concatenate 4.0 / 55.7 / 8.8 ms; with the copy that holds the GIL
+(batching/tensors.py) 4.1 / 9.6 / 4.7 ms.
 
 The printed line per path is milliseconds per batch, median of the timed runs, and what the
 session holds (get_providers()).
@@ -68,6 +69,7 @@ def measure(
     session: Any, model_path: Path, device: str, batch: int, threads: int, cudnn_search: str, seconds: float
 ) -> list[PathTime]:
     """Time each path at `batch` rows on `session` (built as the ceiling's) and on ortserve's own load."""
+    from ortserve.batching.tensors import BatchBuffers
     from ortserve.runtime import InstanceSpec, OnnxModel, RuntimeOptions
 
     arg = session.get_inputs()[0]
@@ -105,13 +107,19 @@ def measure(
     try:
         instance = model.instances[0]
         mine = ", ".join(instance.providers)
-        ms, n = _timed(lambda: instance.run({arg.name: fresh()}), seconds)
+        buffers = BatchBuffers()
+        items = [{arg.name: row} for row in rows]
+
+        def batch() -> object:
+            return buffers.detach(instance.run(buffers.concat(items)))
+
+        ms, n = _timed(batch, seconds)
         results.append(PathTime("ortserve instance", ms, n, mine))
-        results.append(_with_busy_gil(lambda: instance.run({arg.name: fresh()}), seconds, mine))
+        results.append(_with_busy_gil(batch, seconds, mine))
         default = sys.getswitchinterval()
         sys.setswitchinterval(0.0005)
         try:
-            short = _with_busy_gil(lambda: instance.run({arg.name: fresh()}), seconds, mine)
+            short = _with_busy_gil(batch, seconds, mine)
         finally:
             sys.setswitchinterval(default)
         short.name += ", switch 0.5 ms"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ortserve.batching import concat_inputs, split_outputs
-from ortserve.batching.tensors import BatchBuffers
+from ortserve.batching.tensors import BatchBuffers, gather
 
 Array = np.ndarray[Any, Any]
 
@@ -151,3 +151,31 @@ def test_detach_copies_the_outputs_that_alias_a_buffer() -> None:
     np.testing.assert_array_equal(outputs["alias"], alias)
     untouched = {"own": own}
     assert buffers.detach(untouched) is untouched
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64, np.bool_, np.int8, np.uint64, np.complex64])
+@pytest.mark.parametrize("width", [4, 4096])  # under and over GIL_FREE_BYTES a piece
+def test_gather_equals_numpy_concatenate_for_every_dtype(dtype: Any, width: int) -> None:
+    rng = np.random.default_rng(width)
+    pieces = [(rng.standard_normal((int(n), width)) * 100).astype(dtype) for n in rng.integers(1, 4, size=9)]
+    pieces[3] = np.asfortranarray(np.repeat(pieces[3], 2, axis=0))  # not C-contiguous
+    pieces[5] = (rng.standard_normal((2 * width, 3)) * 100).astype(dtype).T[:, ::2]  # a strided view
+    expected = np.concatenate(pieces, axis=0)
+    got = gather(pieces)
+    assert got.dtype == expected.dtype and got.shape == expected.shape and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, expected)
+    out = np.empty_like(expected)
+    assert gather(pieces, out) is out
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_gather_into_a_non_contiguous_out_still_fills_it() -> None:
+    pieces = [np.full((2, 2048), float(i), np.float32) for i in range(3)]
+    out = np.empty((6, 4096), np.float32)[:, ::2]
+    gather(pieces, out)
+    np.testing.assert_array_equal(out, np.concatenate(pieces))
+
+
+def test_gather_leaves_object_arrays_to_numpy() -> None:
+    pieces = [np.array([[b"x" * 2000]], dtype=object), np.array([[b"y"]], dtype=object)]
+    assert gather(pieces).tolist() == [[b"x" * 2000], [b"y"]]
