@@ -23,7 +23,9 @@
 # puts the device python's nvidia/*/lib folders on LD_LIBRARY_PATH and runs
 #   python3 -m benchmarks.gpu --json $OUT/gpu.json [ARGS...]
 # with its output also in $OUT/gpu.log. Its exit status is the benchmark's (0 met, 3 missed,
-# 2 cannot start).
+# 2 cannot start). TAG=name writes gpu-name.json and gpu-name.log instead, so that one call can
+# run the benchmark twice (e.g. with and without a server flag):
+#   bash benchmarks/gpu_device.sh run ARGS; TAG=b bash benchmarks/gpu_device.sh run ARGS --server-arg=...
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -139,7 +141,8 @@ EOF
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
   cd "$repo"
   set +e
-  python3 -m benchmarks.gpu --json "$out/gpu.json" "$@" 2>&1 | tee "$out/gpu.log"
+  local name="gpu${TAG:+-$TAG}"
+  python3 -m benchmarks.gpu --json "$out/$name.json" "$@" 2>&1 | tee "$out/$name.log"
   local status=${PIPESTATUS[0]}
   set -e
   log "exit status $status (0 met, 3 missed, 2 cannot start)"
