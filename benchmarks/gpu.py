@@ -84,7 +84,12 @@ class CannotStart(Exception):
 
 
 def config_text(
-    spec: resnet.ResNet, max_batch_size: int, device: str, instances: int = 1, cudnn_search: str = ""
+    spec: resnet.ResNet,
+    max_batch_size: int,
+    device: str,
+    instances: int = 1,
+    cudnn_search: str = "",
+    batch_shapes: str = "",
 ) -> str:
     dims = ", ".join(str(d) for d in spec.input_dims)
     kind = "KIND_GPU" if device == "cuda" else "KIND_CPU"
@@ -105,6 +110,7 @@ def config_text(
             )
             if cudnn_search
             else "",
+            f'parameters {{ key: "batch_shapes" value {{ string_value: "{batch_shapes}" }} }}' if batch_shapes else "",
             "",
         ]
     )
@@ -183,7 +189,9 @@ class ServerSample:
     host_ms_per_batch: float = 0.0
     """Mean batch assembly + output slicing time (compute_input + compute_output per execution)."""
     busiest_thread: float = 0.0
-    """CPU share of the server's busiest thread (the event loop's, as a rule) over the measurement."""
+    """CPU share of the server's busiest thread over the measurement."""
+    loop_thread: float = 0.0
+    """CPU share of the server's main thread, the one that runs the event loop."""
     server_cores: float = 0.0
     """CPU cores the whole server process used over the measurement."""
     busy_threads: int = 0
@@ -241,7 +249,8 @@ def measure_server(
     mean_batch = (after.inferences - before.inferences) / executions if executions else 0.0
     runs = done_after.executions - done_before.executions
     infer_ns, host_ns = done_after.infer_ns - done_before.infer_ns, done_after.host_ns - done_before.host_ns
-    used = [cpu - threads_before.get(tid, (name, 0.0))[1] for tid, (name, cpu) in threads_after.items()]
+    used_by = {tid: cpu - threads_before.get(tid, (name, 0.0))[1] for tid, (name, cpu) in threads_after.items()}
+    used = list(used_by.values())
     return ServerSample(
         m.infer_per_s,
         m.p50_ms,
@@ -252,6 +261,7 @@ def measure_server(
         infer_ns / 1e9 / wall / instances if wall > 0 else 0.0,
         host_ns / runs / 1e6 if runs else 0.0,
         max(used, default=0.0) / wall if wall > 0 else 0.0,
+        used_by.get(proc.pid, 0.0) / wall if wall > 0 else 0.0,
         sum(used) / wall if wall > 0 else 0.0,
         sum(u > 0.25 * wall for u in used),
     )
@@ -288,7 +298,8 @@ def brief(s: ServerSample) -> str:
     """One measurement in a progress line (the table has them all)."""
     return (
         f"{s.infer_per_s:.0f} infer/s, batch {s.mean_batch:.1f}, run {s.infer_ms_per_batch:.1f} ms, "
-        f"busy {s.instance_busy:.2f}, busiest thread {s.busiest_thread:.2f}, {s.server_cores:.1f} cores in "
+        f"busy {s.instance_busy:.2f}, busiest thread {s.busiest_thread:.2f}, loop thread {s.loop_thread:.2f}, "
+        f"{s.server_cores:.1f} cores in "
         f"{s.busy_threads} busy threads, {s.batch_sizes_new} new sizes"
     )
 
@@ -320,6 +331,7 @@ def render(r: Results, batches: Sequence[int], target: float, verdict_c: int) ->
         "host ms/batch",
         "instances busy",
         "busiest thread",
+        "loop thread",
         "server cores",
         "new batch sizes",
     ]
@@ -337,7 +349,7 @@ def render(r: Results, batches: Sequence[int], target: float, verdict_c: int) ->
                 "",
                 str(max(set(bs), key=bs.count)),
                 f"{median([p.ms_per_batch for p in best]):.2f}",
-                *[""] * 5,
+                *[""] * 6,
             ]
         )
     for n, by_c in r.server.items():
@@ -358,6 +370,7 @@ def render(r: Results, batches: Sequence[int], target: float, verdict_c: int) ->
                     summary([s.host_ms_per_batch for s in ok], 2),
                     summary([s.instance_busy for s in ok], 2),
                     summary([s.busiest_thread for s in ok], 2),
+                    summary([s.loop_thread for s in ok], 2),
                     summary([s.server_cores for s in ok], 1),
                     summary([s.batch_sizes_new for s in ok]),
                 ]
@@ -419,13 +432,14 @@ def run(args: argparse.Namespace) -> int:
             except OSError:
                 shutil.copyfile(path, version / "model.onnx")
             (version.parent / "config.pbtxt").write_text(
-                config_text(spec, args.max_batch_size, args.device, n, args.cudnn_search)
+                config_text(spec, args.max_batch_size, args.device, n, args.cudnn_search, args.batch_shapes)
             )
             repos[n] = version.parent.parent
         print(f"model built in {time.perf_counter() - started:.0f} s; in-process session", flush=True)
         session = make_session(path, args.device, args.threads, args.cudnn_search)
         env["providers"] = ", ".join(session.get_providers())
         env["cudnn_conv_algo_search"] = args.cudnn_search or "EXHAUSTIVE (ONNX Runtime's default)"
+        env["batch_shapes"] = args.batch_shapes or "auto (left out of the config)"
         print(f"providers: {env['providers']}; warming up every batch size", flush=True)
         for b in args.batches:
             for variant in VARIANTS:
@@ -444,6 +458,11 @@ def run(args: argparse.Namespace) -> int:
             print(env["exhaustive_search"], flush=True)
             del exhaustive
         if args.diagnose_batch:
+            shapes = runpaths.measure_new_shapes(
+                session, path, args.device, args.diagnose_batch, args.threads, args.cudnn_search
+            )
+            env["new_shapes"] = [asdict(c) for c in shapes]
+            print("\n".join(runpaths.render_shapes(shapes)), flush=True)
             paths = runpaths.measure(
                 session, path, args.device, args.diagnose_batch, args.threads, args.cudnn_search, args.diagnose_s
             )
@@ -454,7 +473,11 @@ def run(args: argparse.Namespace) -> int:
         for n, repo in repos.items():
             print(f"starting ortserve ({n} instance{'s' if n > 1 else ''})", flush=True)
             procs[n] = running.enter_context(servers.ortserve(repo, args.threads, args.device, args.server_arg))
-            print("\n".join(f"  server: {line.rstrip()}" for line in procs[n].lines if "providers" in line), flush=True)
+            shown = ("providers", "batch shapes", "warmed up")
+            print(
+                "\n".join(f"  server: {line.rstrip()}" for line in procs[n].lines if any(k in line for k in shown)),
+                flush=True,
+            )
             for c in args.concurrency:  # discarded: new batch shapes pay the cuDNN search here
                 # A short probe first, so that a server far slower than the ceiling still fits the windows.
                 probe = measure_server(pa, procs[n], c, max(50, 2 * c), args.pa_threads, n, args.pa_timeout_s)
@@ -554,6 +577,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="HEURISTIC",
         help="cudnn_conv_algo_search for the in-process session and the server's config ('': leave it out); "
         "EXHAUSTIVE times every algorithm at each new batch shape, and a batcher forms up to 128 shapes",
+    )
+    parser.add_argument(
+        "--batch-shapes",
+        default="",
+        help="the model's batch_shapes parameter (auto, off, or a list such as 1,8,64,128); '': left out (auto: "
+        "on CUDA batches are padded to a few shapes, each warmed up at load)",
     )
     parser.add_argument("--json", type=Path, help="write every sample and the verdict here")
     args = parser.parse_args(argv)

@@ -25,6 +25,12 @@ batch concatenated by np.concatenate 4.0 / 55.7 / 8.8 ms; with the copy that hol
 
 The printed line per path is milliseconds per batch, median of the timed runs, and what the
 session holds (get_providers()).
+
+`new_shapes` times what a batch size the session has not run before costs: the first run at each
+of a few unseen sizes against the second. A batcher forms batches of every size from 1 to
+max_batch_size, and on CUDA each new input shape makes ONNX Runtime choose cuDNN algorithms and
+allocate for it; the server's `batch_shapes` (padding to a few sizes, warmed up at load) exists
+because of it.
 """
 
 from __future__ import annotations
@@ -127,6 +133,68 @@ def measure(
     finally:
         model.close()
     return results
+
+
+@dataclass(slots=True)
+class ShapeCost:
+    name: str
+    sizes: list[int]
+    first_ms: list[float]
+    second_ms: list[float]
+
+
+def new_shapes(name: str, run_at: Callable[[int], object], sizes: list[int]) -> ShapeCost:
+    """First and second run times (ms) of `run_at(rows)` at each of `sizes`, none run before."""
+    cost = ShapeCost(name, list(sizes), [], [])
+    for rows in sizes:
+        for times in (cost.first_ms, cost.second_ms):
+            t0 = time.perf_counter()
+            run_at(rows)
+            times.append(1000 * (time.perf_counter() - t0))
+    return cost
+
+
+def unseen_sizes(batch: int, count: int = 4) -> list[int]:
+    """`count` batch sizes just under `batch` (the sizes a batcher forms around it) and two small odd
+    ones, none of the sweep's sizes (powers of two)."""
+    below = [b for b in range(batch - 1, 2, -1) if b & (b - 1)][:count]
+    return sorted({*below, 3, 5} - {batch})
+
+
+def measure_new_shapes(
+    session: Any, model_path: Path, device: str, batch: int, threads: int, cudnn_search: str
+) -> list[ShapeCost]:
+    """new_shapes for the in-process session and for a fresh ortserve instance, at unseen sizes."""
+    from ortserve.runtime import InstanceSpec, OnnxModel, RuntimeOptions
+
+    arg = session.get_inputs()[0]
+    out_names = [o.name for o in session.get_outputs()]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, *arg.shape[1:])).astype(np.float32)
+    sizes = unseen_sizes(batch)
+    costs = [new_shapes("in-process session.run", lambda rows: session.run(out_names, {arg.name: x[:rows]}), sizes)]
+    options = dict([("cudnn_conv_algo_search", cudnn_search)] if cudnn_search else [])
+    spec = InstanceSpec(kind="gpu" if device == "cuda" else "cpu", gpu_id=0, cuda_options=tuple(options.items()))
+    model = OnnxModel.load(model_path, [spec], RuntimeOptions(device=device, intra_op_threads=threads), name="shapes")
+    try:
+        instance = model.instances[0]
+        instance.run({arg.name: x[:1]})  # the session's own first run, whatever the shape
+        # A session of its own: the same sizes are new to it.
+        costs.append(new_shapes("ortserve instance", lambda rows: instance.run({arg.name: x[:rows]}), sizes))
+    finally:
+        model.close()
+    return costs
+
+
+def render_shapes(costs: list[ShapeCost]) -> list[str]:
+    lines = ["first run at a batch size not run before vs the second run (ms):"]
+    for c in costs:
+        pairs = ", ".join(f"{b}: {f:.1f}/{s:.1f}" for b, f, s in zip(c.sizes, c.first_ms, c.second_ms, strict=True))
+        lines.append(
+            f"  {c.name:<24} first median {statistics.median(c.first_ms):8.1f}, second median "
+            f"{statistics.median(c.second_ms):7.1f}  ({pairs})"
+        )
+    return lines
 
 
 def _with_busy_gil(run: Callable[[], object], seconds: float, providers: str) -> PathTime:

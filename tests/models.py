@@ -85,6 +85,21 @@ def scale(factor: float = 2.0, dims: Dims = ("batch", 3)) -> onnx.ModelProto:
     return _model(graph)
 
 
+def rows_seen(dims: Dims = ("batch", 3)) -> onnx.ModelProto:
+    """FP32 x -> y = x + the number of rows of the batch the session ran (tells padding apart)."""
+    index = helper.make_tensor("first", TensorProto.INT64, [], [0])
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Gather", ["shape", "first"], ["rows"], axis=0),
+        helper.make_node("Cast", ["rows"], ["rows_f"], to=TensorProto.FLOAT),
+        helper.make_node("Add", ["x", "rows_f"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "rows_seen", [_vi("x", "FP32", dims)], [_vi("y", "FP32", dims)], initializer=[index]
+    )
+    return _model(graph)
+
+
 def save(model: onnx.ModelProto, repo: Path, name: str, version: int = 1) -> Path:
     """Write `model` to <repo>/<name>/<version>/model.onnx and return that path."""
     path = repo / name / str(version) / "model.onnx"

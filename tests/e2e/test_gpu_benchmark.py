@@ -55,7 +55,7 @@ def test_resnet50_has_its_shape_and_the_tiny_variant_runs(tmp_path: Path) -> Non
 def test_cpu_smoke_prints_the_table_and_a_verdict(tmp_path: Path) -> None:
     done, result = _benchmark(
         tmp_path, "--device", "cpu", "--instances", "1,2", "--diagnose-s", "0.1",
-        "--server-arg=--gil-switch-interval-ms=0.5", *SMOKE,
+        "--server-arg=--gil-switch-interval-ms=0.5", "--batch-shapes", "1,8,64", *SMOKE,
     )
     assert done.returncode in (0, 3), done.stdout + done.stderr  # met or missed: both are a finished run
     assert "in-process ORT, IO binding, host input, best batch" in done.stdout
@@ -75,10 +75,19 @@ def test_cpu_smoke_prints_the_table_and_a_verdict(tmp_path: Path) -> None:
     assert "session.run paths at batch 64" in done.stdout
     assert "providers ['CPUExecutionProvider']" in done.stdout  # the servers' log, echoed
     assert result["server_args"] == ["--gil-switch-interval-ms=0.5"]
+    # The first run at unseen batch sizes, in-process and on an ortserve instance.
+    shapes = result["env"]["new_shapes"]
+    assert [c["name"] for c in shapes] == ["in-process session.run", "ortserve instance"]
+    assert all(c["sizes"] == [3, 5, 60, 61, 62, 63] and len(c["first_ms"]) == len(c["second_ms"]) == 6 for c in shapes)
+    assert "first run at a batch size not run before" in done.stdout
+    # The servers' batch shapes (listed, so padded on CPU too) and their warm-up, from their logs.
+    assert "padded to the batch shapes 1,8,64,128" in done.stdout
+    assert "warmed up at batch sizes 1,8,64,128 on" in done.stdout
     best = result["best_instances"]
     assert best in (1, 2) and f"({best} instance" in verdict[0] and "the best of 1, 2" in verdict[0]
     for n in ("1", "2"):
-        assert all(s["error"] == "" and s["infer_per_s"] > 0 for c in ("32", "128") for s in result["server"][n][c])
+        samples = [s for c in ("32", "128") for s in result["server"][n][c]]
+        assert all(s["error"] == "" and s["infer_per_s"] > 0 and 0 < s["loop_thread"] <= 1.2 for s in samples)
         assert len(result["ratio_host"][n]["128"]) == 1
 
 

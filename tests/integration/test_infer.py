@@ -54,6 +54,15 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     # Batches of 1 MiB and more: concatenated into memory the batcher keeps between batches.
     models.save(models.identity("FP32", dims=("batch", "n")), repo, "wide_gathered")
     write_config(repo, "wide_gathered", "max_batch_size: 16\ndynamic_batching { max_queue_delay_microseconds: 5000 }\n")
+    # Batches padded to batch shapes (on CPU only when listed); y - x says how many rows ran.
+    models.save(models.rows_seen(), repo, "padded")
+    write_config(
+        repo,
+        "padded",
+        'max_batch_size: 8\ndynamic_batching { }\nparameters { key: "batch_shapes" value { string_value: "4" } }\n',
+    )
+    models.save(models.rows_seen(), repo, "unpadded")
+    write_config(repo, "unpadded", "max_batch_size: 8\ndynamic_batching { }\n")
     with serve_in_thread(repo, http_port=-1) as running:
         yield running
 
@@ -227,6 +236,29 @@ def test_large_batches_in_kept_memory_answer_each_request_with_its_own_rows(srv:
     rows = after.inference_count - before.inference_count
     assert rows == sum(x.shape[0] for x, _ in sent)
     assert rows / executions >= 4  # batches of 1 MiB and more, on average: the kept-memory path ran
+
+
+def test_batches_run_padded_to_the_batch_shapes_and_answer_only_their_own_rows(srv: RunningServer) -> None:
+    rng = np.random.default_rng(15)
+    for rows, ran in ((1, 4), (3, 4), (4, 4), (5, 8), (8, 8)):
+        x = rng.standard_normal((rows, 3)).astype(np.float32)
+        y = outputs_of(srv.stub.ModelInfer(infer_request("padded", {"x": x})))["y"]
+        assert y.shape == (rows, 3)
+        np.testing.assert_allclose(y, x + ran, rtol=1e-6)
+        alone = outputs_of(srv.stub.ModelInfer(infer_request("unpadded", {"x": x})))["y"]
+        np.testing.assert_allclose(alone, x + rows, rtol=1e-6)  # on CPU "auto" pads nothing
+    before = srv.stub.ModelStatistics(pb.ModelStatisticsRequest(name="padded")).model_stats[0]
+    sent = []
+    for _ in range(40):
+        x = rng.standard_normal((int(rng.integers(1, 4)), 3)).astype(np.float32)
+        sent.append((x, srv.stub.ModelInfer.future(infer_request("padded", {"x": x}), timeout=60)))
+    for x, future in sent:
+        y = outputs_of(future.result())["y"]
+        ran = float(np.round(y[0, 0] - x[0, 0]))
+        assert ran in (4.0, 8.0) and y.shape == x.shape
+        np.testing.assert_allclose(y, x + ran, rtol=1e-5)
+    after = srv.stub.ModelStatistics(pb.ModelStatisticsRequest(name="padded")).model_stats[0]
+    assert after.inference_count - before.inference_count == sum(x.shape[0] for x, _ in sent)  # real rows only
 
 
 def test_concurrent_requests_of_every_datatype(srv: RunningServer) -> None:

@@ -3,9 +3,9 @@ from __future__ import annotations
 import pytest
 from google.protobuf import text_format
 
-from ortserve.batching import QueuePolicy
+from ortserve.batching import BatchPolicy, QueuePolicy
 from ortserve.errors import ModelLoadError
-from ortserve.repository.batch_policy import batch_policy
+from ortserve.repository.batch_policy import batch_policy, shape_ladder
 from ortserve_client.proto import model_config_pb2 as mc
 
 
@@ -57,3 +57,46 @@ def test_a_bad_latency_target_fails_the_load_with_its_value(value: str) -> None:
     bad = config("max_batch_size: 8 dynamic_batching {} " + target(value))
     with pytest.raises(ModelLoadError, match=f"latency_target_ms must be a number of milliseconds >= 0.*got '{value}'"):
         batch_policy(bad)
+
+
+def shapes(value: str) -> str:
+    return f'parameters {{ key: "batch_shapes" value: {{ string_value: "{value}" }} }}'
+
+
+def test_shape_ladder_pads_by_few_rows_with_few_shapes() -> None:
+    assert shape_ladder(0) == shape_ladder(1) == ()
+    assert shape_ladder(5) == (1, 2, 4, 5)
+    assert shape_ladder(64) == (1, 2, 4, 8, 16, 24, 32, 40, 48, 56, 64)
+    ladder = shape_ladder(128)
+    assert ladder[:5] == (1, 2, 4, 8, 16) and ladder[-1] == 128 and len(ladder) == 19
+    big = shape_ladder(1024)
+    assert big[-1] == 1024 and len(big) <= 23 and max(b - a for a, b in zip(big, big[1:], strict=False)) == 64
+
+
+def test_batch_shapes_auto_pads_on_cuda_only() -> None:
+    auto = config("max_batch_size: 128 dynamic_batching {}")
+    assert batch_policy(auto, device="cuda").batch_shapes == shape_ladder(128)
+    assert batch_policy(auto, device="cpu").batch_shapes == ()
+    upper = config("max_batch_size: 128 dynamic_batching {} " + shapes("AUTO"))
+    assert batch_policy(upper, device="cuda").batch_shapes == shape_ladder(128)
+    off = config("max_batch_size: 128 dynamic_batching {} " + shapes("off"))
+    assert batch_policy(off, device="cuda").batch_shapes == ()
+    assert batch_policy(config("max_batch_size: 0"), device="cuda").batch_shapes == ()
+
+
+def test_listed_batch_shapes_apply_on_any_device_with_max_batch_size_added() -> None:
+    listed = config("max_batch_size: 16 dynamic_batching {} " + shapes("8, 2,4"))
+    policy = batch_policy(listed, device="cpu")
+    assert policy.batch_shapes == (2, 4, 8, 16)
+    assert [policy.padded_rows(n) for n in (1, 2, 3, 5, 8, 9, 16)] == [2, 2, 4, 8, 8, 16, 16]
+
+
+@pytest.mark.parametrize("value", ["0,4", "4,17", "a,b", "", "pow2"])
+def test_bad_batch_shapes_fail_the_load_with_their_value(value: str) -> None:
+    bad = config("max_batch_size: 16 dynamic_batching {} " + shapes(value))
+    with pytest.raises(ModelLoadError, match=f"batch_shapes must be .*in 1..16.*got '{value}'"):
+        batch_policy(bad)
+
+
+def test_padded_rows_without_shapes_is_the_batch_itself() -> None:
+    assert [BatchPolicy(max_batch_size=8).padded_rows(n) for n in (1, 3, 8)] == [1, 3, 8]

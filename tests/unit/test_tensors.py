@@ -179,3 +179,39 @@ def test_gather_into_a_non_contiguous_out_still_fills_it() -> None:
 def test_gather_leaves_object_arrays_to_numpy() -> None:
     pieces = [np.array([[b"x" * 2000]], dtype=object), np.array([[b"y"]], dtype=object)]
     assert gather(pieces).tolist() == [[b"x" * 2000], [b"y"]]
+
+
+@pytest.mark.parametrize("width", [1, 4096])  # numpy's concatenate path, and the GIL-held copy
+@pytest.mark.parametrize("dtype", [np.float32, np.int64, object])
+def test_gather_pads_with_copies_of_the_last_row(dtype: Any, width: int) -> None:
+    rng = np.random.default_rng(width)
+    pieces = [rng.integers(0, 100, (n, width)).astype(dtype) for n in (2, 1, 3)]
+    out = gather(pieces, rows=8)
+    assert out.shape == (8, width) and out.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(out[:6], np.concatenate(pieces))
+    np.testing.assert_array_equal(out[6:], np.repeat(pieces[-1][-1:], 2, axis=0))
+    assert gather(pieces, rows=3).shape == (6, width)  # fewer rows than the pieces: no padding
+
+
+def test_buffers_pad_a_single_request_and_large_batches_in_kept_memory() -> None:
+    buffers = BatchBuffers()
+    one = {"x": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    assert buffers.concat([one]) is one and buffers.concat([one], 2) is one
+    padded = buffers.concat([one], 4)["x"]
+    np.testing.assert_array_equal(padded, [[0, 1, 2], [3, 4, 5], [3, 4, 5], [3, 4, 5]])
+    assert buffers.nbytes == 0  # small: a new array
+    row = 1 << 16  # 256 KiB of float32 per row
+    big = [{"x": np.full((n, row), float(n), np.float32)} for n in (1, 2)]
+    feeds = buffers.concat(big, 8)["x"]
+    assert feeds.shape == (8, row) and buffers.nbytes >= feeds.nbytes
+    assert (feeds[0] == 1).all() and (feeds[1:] == 2).all()
+
+
+def test_split_drops_the_padding_rows() -> None:
+    outputs = {"y": np.arange(8).reshape(8, 1)}
+    parts = split_outputs(outputs, [2, 3], padded=8)
+    assert [p["y"].ravel().tolist() for p in parts] == [[0, 1], [2, 3, 4]]
+    (alone,) = split_outputs(outputs, [5], padded=8)
+    assert alone["y"].ravel().tolist() == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match="cannot split 6 batch rows"):
+        split_outputs(outputs, [2, 3], padded=6)

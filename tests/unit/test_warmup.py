@@ -177,3 +177,13 @@ def test_a_failing_warm_up_sample_fails_the_load(tmp_path: Path) -> None:
     version = ModelVersion("m", 1, parsed, onnx)  # type: ignore[arg-type]
     with pytest.raises(ModelLoadError, match="model_warmup 'mixed' failed on instance m_1_0: boom"):
         version.warm_up(warmup_samples(parsed, version.signature, tmp_path))
+
+
+def test_warm_up_runs_every_batch_shape_of_a_cuda_model() -> None:
+    """On CUDA, "auto" batch shapes (max_batch_size 8: 1 2 4 8) are each run before traffic."""
+    onnx = FakeModel(1)
+    onnx.instances[0].device = "cuda"
+    version = ModelVersion("m", 1, config(), onnx)  # type: ignore[arg-type]
+    assert version.batcher.policy.batch_shapes == (1, 2, 4, 8)
+    version.warm_up()
+    assert onnx.instances[0].rows == [1, 1, 2, 2, 4, 4, 6, 6, 8, 8]  # 6: a preferred size

@@ -16,8 +16,9 @@ The policy, in steps:
 4. Only if `max_queue_delay_us` is set and the batch is short of its target (the largest
    preferred batch size, else the cap) does it wait, at most until the first request's
    arrival + delay. A lone request at low load never waits for a timer.
-5. The batch runs on the instance's own worker thread: concatenate (the one copy), run, split
-   into per-request views; each still-pending future gets its slice and the timings; the
+5. The batch runs on the instance's own worker thread: concatenate (the one copy; padded up
+   to the next of the policy's `batch_shapes` when it has them, by repeating the last row), run,
+   split into per-request views (padding rows dropped); each still-pending future gets its slice and the timings; the
    observer gets a BatchReport. A failed run fails only the requests of that batch.
 
 Without `dynamic` batching each execution carries exactly one request. If the batcher task
@@ -432,13 +433,14 @@ class DynamicBatcher:
 
     def _compute(self, instance: int, inputs: list[Mapping[str, np.ndarray]], live: list[Pending]) -> _Done:
         rows = [item.rows for item in live]
+        padded = self.policy.padded_rows(sum(rows))
         t0 = perf_counter_ns()
         buffers = self._buffers[instance]
-        feeds = buffers.concat(inputs)
+        feeds = buffers.concat(inputs, padded)
         t1 = perf_counter_ns()
         outputs = buffers.detach(self._runners[instance](feeds))
         t2 = perf_counter_ns()
-        parts = split_outputs(outputs, rows) if len(rows) > 1 else [dict(outputs)]
+        parts = split_outputs(outputs, rows, padded)
         t3 = perf_counter_ns()
         return parts, t1 - t0, t2 - t1, t3 - t2
 

@@ -35,17 +35,23 @@ def concat_inputs(items: Sequence[Mapping[str, np.ndarray]]) -> Mapping[str, np.
     return {name: gather([item[name] for item in items]) for name in items[0]}
 
 
-def gather(arrays: Sequence[np.ndarray], out: np.ndarray | None = None) -> np.ndarray:
+def gather(arrays: Sequence[np.ndarray], out: np.ndarray | None = None, rows: int = 0) -> np.ndarray:
     """`arrays` stacked along axis 0 into `out` (C-contiguous, the right shape) or a new array.
 
-    Same dtype and non-batch dims throughout. Copied with the GIL held unless the pieces are
-    small or hold Python objects (module docstring).
+    Same dtype and non-batch dims throughout. With `rows` larger than the pieces' rows, the
+    result has `rows` rows, the extra ones copies of the last piece's last row (padding to a
+    batch shape: a real input row is valid input for the model, zeros might not be). Copied with
+    the GIL held unless the pieces are small or hold Python objects (module docstring).
     """
     first = arrays[0]
+    have = sum(a.shape[0] for a in arrays)
+    pad = rows - have
+    if pad > 0:
+        arrays = [*arrays, np.repeat(arrays[-1][-1:], pad, axis=0)]
     if first.dtype.hasobject:
         return np.concatenate(arrays, axis=0, out=out)
     if out is None:
-        out = np.empty((sum(a.shape[0] for a in arrays), *first.shape[1:]), first.dtype)
+        out = np.empty((max(rows, have), *first.shape[1:]), first.dtype)
     if out.nbytes < GIL_FREE_BYTES * len(arrays) or not out.flags.c_contiguous:
         return np.concatenate(arrays, axis=0, out=out)
     target = out.reshape(-1).view(np.uint8).data
@@ -88,25 +94,28 @@ class BatchBuffers:
         """Bytes held (for tests and accounting)."""
         return sum(b.nbytes for b in self._buffers.values())
 
-    def concat(self, items: Sequence[Mapping[str, np.ndarray]]) -> Mapping[str, np.ndarray]:
-        """concat_inputs, into the kept memory where an input's batch has MIN_BYTES or more."""
-        if len(items) == 1:
+    def concat(self, items: Sequence[Mapping[str, np.ndarray]], rows: int = 0) -> Mapping[str, np.ndarray]:
+        """concat_inputs, into the kept memory where an input's batch has MIN_BYTES or more.
+
+        `rows` larger than the items' rows pads the batch to that many rows (gather).
+        """
+        if len(items) == 1 and rows <= next(iter(items[0].values())).shape[0]:
             return items[0]
         feeds: dict[str, np.ndarray] = {}
         for name in items[0]:
             arrays = [item[name] for item in items]
             first = arrays[0]
-            rows = sum(a.shape[0] for a in arrays)
-            shape = (rows, *first.shape[1:])
+            total = max(rows, sum(a.shape[0] for a in arrays))
+            shape = (total, *first.shape[1:])
             nbytes = math.prod(shape) * first.itemsize
             if nbytes < self.MIN_BYTES or first.dtype.hasobject:
-                feeds[name] = gather(arrays)
+                feeds[name] = gather(arrays, rows=total)
                 continue
             buffer = self._buffers.get(name)
             if buffer is None or buffer.nbytes < nbytes:
                 grown = nbytes if buffer is None else max(nbytes, buffer.nbytes * 3 // 2)
                 buffer = self._buffers[name] = np.empty(grown, np.uint8)
-            feeds[name] = gather(arrays, buffer[:nbytes].view(first.dtype).reshape(shape))
+            feeds[name] = gather(arrays, buffer[:nbytes].view(first.dtype).reshape(shape), total)
         return feeds
 
     def detach(self, outputs: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
@@ -122,16 +131,20 @@ class BatchBuffers:
 
 
 def split_outputs(
-    outputs: Mapping[str, np.ndarray], rows: Sequence[int]
+    outputs: Mapping[str, np.ndarray], rows: Sequence[int], padded: int = 0
 ) -> list[dict[str, np.ndarray]]:
-    """Cut batch outputs into per-request views, request i getting the next rows[i] rows."""
-    if len(rows) == 1:
-        return [dict(outputs)]
+    """Cut batch outputs into per-request views, request i getting the next rows[i] rows.
+
+    `padded`: the batch ran padded to that many rows; the rows past sum(rows) are dropped.
+    """
     total = sum(rows)
+    padded = max(padded, total)
+    if len(rows) == 1 and padded == total:
+        return [dict(outputs)]
     for name, array in outputs.items():
-        if array.ndim == 0 or array.shape[0] != total:
+        if array.ndim == 0 or array.shape[0] != padded:
             raise ValueError(
-                f"output {name!r} has shape {list(array.shape)}: cannot split {total} batch rows from it"
+                f"output {name!r} has shape {list(array.shape)}: cannot split {padded} batch rows from it"
             )
     parts: list[dict[str, np.ndarray]] = []
     start = 0

@@ -10,6 +10,8 @@ from ortserve_client.proto import model_config_pb2 as mc
 
 LATENCY_TARGET_PARAMETER = "latency_target_ms"
 """Model config parameter setting the model's p99 latency target in ms (0: greedy batching)."""
+BATCH_SHAPES_PARAMETER = "batch_shapes"
+"""Model config parameter: "auto" (the default), "off", or the row counts batches are padded up to."""
 
 
 def _queue_policy(policy: mc.ModelQueuePolicy) -> QueuePolicy:
@@ -39,8 +41,55 @@ def latency_target_ms(config: mc.ModelConfig, default_ms: float) -> float:
     return value
 
 
-def batch_policy(config: mc.ModelConfig, default_latency_target_ms: float = 0.0) -> BatchPolicy:
-    """The BatchPolicy of a completed config; without dynamic_batching each request runs alone."""
+def shape_ladder(max_batch_size: int) -> tuple[int, ...]:
+    """The batch shapes "auto" pads to: powers of two below a step, then multiples of the step.
+
+    The step is 8, doubled until max_batch_size needs at most 16 of them: for 128, 1 2 4 8 16 24
+    ... 128 (19 shapes; a batch gains at most 7 rows); for 1024, 1 2 4 ... 64 128 192 ... 1024.
+    """
+    if max_batch_size <= 1:
+        return ()
+    step = 8
+    while step * 16 < max_batch_size:
+        step *= 2
+    small = [1 << k for k in range(step.bit_length()) if (1 << k) < min(step, max_batch_size)]
+    return tuple(sorted({*small, *range(step, max_batch_size, step), max_batch_size}))
+
+
+def batch_shapes(config: mc.ModelConfig, device: str) -> tuple[int, ...]:
+    """The row counts a batch is padded up to (BatchPolicy.batch_shapes).
+
+    CUDA pays a one-time cost (cuDNN algorithm choice, memory) for each input shape a session has
+    not run before, and a batcher forms every batch size from 1 to max_batch_size; padding to a
+    few shapes, each warmed up at load, means no request pays it. Parameter `batch_shapes`:
+    "auto" (or absent): shape_ladder(max_batch_size) when the model runs on CUDA, none on CPU
+    (where a new shape costs nothing and padding would waste compute); "off": none; or a comma
+    list of row counts in 1..max_batch_size (max_batch_size is added, so that every batch has one).
+    """
+    parameter = config.parameters.get(BATCH_SHAPES_PARAMETER)
+    text = parameter.string_value.strip().lower() if parameter is not None else "auto"
+    if config.max_batch_size <= 0 or text in ("off", "none"):
+        return ()
+    if text == "auto":
+        return shape_ladder(config.max_batch_size) if device == "cuda" else ()
+    try:
+        sizes = {int(part) for part in text.replace(" ", "").split(",") if part}
+    except ValueError:
+        sizes = set()
+    if not sizes or not all(1 <= n <= config.max_batch_size for n in sizes):
+        raise ModelLoadError(
+            f"model {config.name!r}: parameter {BATCH_SHAPES_PARAMETER} must be \"auto\", \"off\" or a comma "
+            f"list of batch sizes in 1..{config.max_batch_size} (max_batch_size), e.g. \"1,8,32,64\"; "
+            f"got {parameter.string_value if parameter is not None else ''!r}"
+        )
+    return tuple(sorted({*sizes, config.max_batch_size}))
+
+
+def batch_policy(config: mc.ModelConfig, default_latency_target_ms: float = 0.0, device: str = "cpu") -> BatchPolicy:
+    """The BatchPolicy of a completed config; without dynamic_batching each request runs alone.
+
+    `device` is where the model's instances run ("cuda" if any does): it decides batch_shapes' "auto".
+    """
     dynamic = config.HasField("dynamic_batching")
     batching = config.dynamic_batching
     return BatchPolicy(
@@ -53,4 +102,5 @@ def batch_policy(config: mc.ModelConfig, default_latency_target_ms: float = 0.0)
         default_queue_policy=_queue_policy(batching.default_queue_policy),
         queue_policies={level: _queue_policy(p) for level, p in batching.priority_queue_policy.items()},
         latency_target_ms=latency_target_ms(config, default_latency_target_ms) if dynamic else 0.0,
+        batch_shapes=batch_shapes(config, device),
     )

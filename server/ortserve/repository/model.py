@@ -20,7 +20,7 @@ from ortserve.errors import ModelLoadError
 from ortserve.observability import DriftMonitor, DriftOptions, ModelStats, RequestSpan, Tracing
 from ortserve.observability.drift import REFERENCE_FILE
 from ortserve.repository.accelerators import DEPRECATED_PARAMETERS, cuda_provider_options
-from ortserve.repository.batch_policy import LATENCY_TARGET_PARAMETER, batch_policy
+from ortserve.repository.batch_policy import BATCH_SHAPES_PARAMETER, LATENCY_TARGET_PARAMETER, batch_policy
 from ortserve.repository.cache import CacheView
 from ortserve.repository.model_config import GraphTensor, complete_config, unhonoured_fields
 from ortserve.repository.routing import WEIGHTS_PARAMETER
@@ -31,7 +31,13 @@ from ortserve_client.proto import model_config_pb2 as mc
 
 log = logging.getLogger("ortserve.repository")
 
-MODEL_PARAMETERS = {LATENCY_TARGET_PARAMETER, REJECT_NONFINITE_PARAMETER, WEIGHTS_PARAMETER, *DEPRECATED_PARAMETERS}
+MODEL_PARAMETERS = {
+    LATENCY_TARGET_PARAMETER,
+    BATCH_SHAPES_PARAMETER,
+    REJECT_NONFINITE_PARAMETER,
+    WEIGHTS_PARAMETER,
+    *DEPRECATED_PARAMETERS,
+}
 """Keys of a config's `parameters` that ortserve acts on; others are logged as ignored."""
 
 _KINDS = {
@@ -75,6 +81,7 @@ class ModelVersion:
         self.stats = ModelStats()
         self.onnx = onnx
         self.device = onnx.instances[0].device
+        on_cuda = any(instance.device == "cuda" for instance in onnx.instances)
         self.batch_observers: list[BatchObserver] = []
         """Called with every BatchReport after the statistics are updated (e.g. tracing)."""
         self.path: Path | None = None
@@ -86,9 +93,14 @@ class ModelVersion:
         self._batcher = DynamicBatcher(
             f"{name}_{version}",
             [instance.run for instance in onnx.instances],
-            batch_policy(config, default_latency_target_ms),
+            batch_policy(config, default_latency_target_ms, "cuda" if on_cuda else "cpu"),
             on_batch=self._on_batch,
         )
+        if self._batcher.policy.batch_shapes:
+            log.info(
+                "model %r version %d: batches are padded to the batch shapes %s",
+                name, version, ",".join(map(str, self._batcher.policy.batch_shapes)),
+            )
 
     @classmethod
     def load_blocking(
@@ -129,13 +141,16 @@ class ModelVersion:
     def warm_up(self, samples: Sequence[WarmupSample] = ()) -> None:
         """Run every instance at each batch size the batcher forms, twice, then `samples` (blocking).
 
-        Batch sizes: 1, every preferred batch size and max_batch_size. The first run of each size
+        Batch sizes: 1, every preferred batch size, every batch shape batches are padded to
+        (BatchPolicy.batch_shapes) and max_batch_size. The first run of each size
         pays one-time costs; the second is timed and seeds the batcher's cost model, so the
         latency-target controller starts from real numbers. Then the config's `model_warmup`
         samples (warmup.py), each `count` times. The version takes no traffic before this ends.
         """
         preferred = self.config.dynamic_batching.preferred_batch_size if self.config.max_batch_size else ()
-        sizes = sorted({1, self.config.max_batch_size or 1, *preferred})
+        shapes = self._batcher.policy.batch_shapes
+        sizes = sorted({1, self.config.max_batch_size or 1, *preferred, *shapes})
+        began = perf_counter_ns()
         for instance in self.onnx.instances:
             for rows in sizes:
                 feeds = zero_feeds(self.signature, rows)
@@ -158,6 +173,11 @@ class ModelVersion:
                             f"model {self.name!r} version {self.version}: model_warmup {sample.name!r} "
                             f"failed on instance {instance.name}: {exc}"
                         ) from exc
+        log.info(
+            "model %r version %d: warmed up at batch sizes %s on %d instance(s) in %.2f s",
+            self.name, self.version, ",".join(map(str, sizes)), len(self.onnx.instances),
+            (perf_counter_ns() - began) / 1e9,
+        )
 
     def start(self) -> None:
         """Start the batcher on the running event loop."""
