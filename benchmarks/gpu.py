@@ -56,6 +56,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -587,6 +588,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write every sample and the verdict here")
     args = parser.parse_args(argv)
     args.batches = sorted(b for b in args.batches if b <= args.max_batch_size)
+    # A time limit's SIGTERM (gpu_device.sh LIMIT_S) unwinds like an exception: servers and
+    # perf_analyzer are stopped on the way out instead of left running on the GPU.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         return run(args)
     except CannotStart as err:

@@ -23,9 +23,10 @@
 # puts the device python's nvidia/*/lib folders on LD_LIBRARY_PATH and runs
 #   python3 -m benchmarks.gpu --json $OUT/gpu.json [ARGS...]
 # with its output also in $OUT/gpu.log. Its exit status is the benchmark's (0 met, 3 missed,
-# 2 cannot start). TAG=name writes gpu-name.json and gpu-name.log instead, so that one call can
-# run the benchmark twice (e.g. with and without a server flag):
-#   bash benchmarks/gpu_device.sh run ARGS; TAG=b bash benchmarks/gpu_device.sh run ARGS --server-arg=...
+# 2 cannot start; 124 cut off by LIMIT_S). TAG=name writes gpu-name.json and gpu-name.log instead,
+# so that one call can run the benchmark twice (e.g. with and without a server flag), LIMIT_S=s
+# bounding each run:
+#   LIMIT_S=300 bash benchmarks/gpu_device.sh run ARGS; TAG=b bash benchmarks/gpu_device.sh run ARGS --server-arg=...
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -142,7 +143,8 @@ EOF
   cd "$repo"
   set +e
   local name="gpu${TAG:+-$TAG}"
-  python3 -m benchmarks.gpu --json "$out/$name.json" "$@" 2>&1 | tee "$out/$name.log"
+  # LIMIT_S=seconds ends the benchmark (SIGTERM: it stops its servers) so that a second run fits the call.
+  ${LIMIT_S:+timeout -k 15 "$LIMIT_S"} python3 -m benchmarks.gpu --json "$out/$name.json" "$@" 2>&1 | tee "$out/$name.log"
   local status=${PIPESTATUS[0]}
   set -e
   log "exit status $status (0 met, 3 missed, 2 cannot start)"
