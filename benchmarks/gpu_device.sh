@@ -27,6 +27,9 @@
 # so that one call can run the benchmark twice (e.g. with and without a server flag), LIMIT_S=s
 # bounding each run:
 #   LIMIT_S=300 bash benchmarks/gpu_device.sh run ARGS; TAG=b bash benchmarks/gpu_device.sh run ARGS --server-arg=...
+# MODULE=benchmarks.gpu_probe TAG=probe bash benchmarks/gpu_device.sh run ARGS runs the probe instead;
+# wheels carried in .gpu-extra/ (py-spy: `pip download py-spy -d .gpu-extra ...` here) are installed
+# to /tmp/ortserve-gpu/extra and their scripts put on PATH.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -143,8 +146,18 @@ EOF
   cd "$repo"
   set +e
   local name="gpu${TAG:+-$TAG}"
+  # Wheels carried in .gpu-extra/ (e.g. py-spy for benchmarks.gpu_probe) go to their own folder.
+  if compgen -G "$repo/.gpu-extra/*.whl" >/dev/null; then
+    python3 -m pip install --quiet --no-index --no-deps --no-compile --target "$work/extra" "$repo"/.gpu-extra/*.whl
+    export PATH="$work/extra/bin:$PATH"
+  fi
   # LIMIT_S=seconds ends the benchmark (SIGTERM: it stops its servers) so that a second run fits the call.
-  ${LIMIT_S:+timeout -k 15 "$LIMIT_S"} python3 -m benchmarks.gpu --json "$out/$name.json" "$@" 2>&1 | tee "$out/$name.log"
+  # MODULE=benchmarks.gpu_probe runs that module instead (with ARGS, no --json).
+  if [[ -n "${MODULE:-}" ]]; then
+    ${LIMIT_S:+timeout -k 15 "$LIMIT_S"} python3 -m "$MODULE" "$@" 2>&1 | tee "$out/$name.log"
+  else
+    ${LIMIT_S:+timeout -k 15 "$LIMIT_S"} python3 -m benchmarks.gpu --json "$out/$name.json" "$@" 2>&1 | tee "$out/$name.log"
+  fi
   local status=${PIPESTATUS[0]}
   set -e
   log "exit status $status (0 met, 3 missed, 2 cannot start)"

@@ -71,8 +71,9 @@ def measure(
     requests_per_window: int,
     timeout_s: float = 300,
     max_threads: int = 1,
+    batch: int = 1,
 ) -> Measurement:
-    """Closed loop: `concurrency` one-row requests always in flight, until three windows are done."""
+    """Closed loop: `concurrency` requests of `batch` rows always in flight, until three windows are done."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "pa.csv"
         command = [
@@ -84,7 +85,7 @@ def measure(
             "-u",
             target,
             "-b",
-            "1",
+            str(batch),
             "--async",
             "--concurrency-range",
             f"{concurrency}:{concurrency}",
