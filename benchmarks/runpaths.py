@@ -40,7 +40,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -141,16 +141,26 @@ class ShapeCost:
     sizes: list[int]
     first_ms: list[float]
     second_ms: list[float]
+    alternating_ms: list[float] = field(default_factory=list)
+    """Runs alternating between the last two sizes, both run before: what a change of shape costs
+    when the shape is not new (ONNX Runtime's CUDA Conv keeps only the last shape's cuDNN plan)."""
 
 
-def new_shapes(name: str, run_at: Callable[[int], object], sizes: list[int]) -> ShapeCost:
-    """First and second run times (ms) of `run_at(rows)` at each of `sizes`, none run before."""
+def new_shapes(name: str, run_at: Callable[[int], object], sizes: list[int], alternations: int = 6) -> ShapeCost:
+    """First and second run times (ms) of `run_at(rows)` at each of `sizes`, none run before; then
+    `alternations` runs alternating between the last two sizes."""
     cost = ShapeCost(name, list(sizes), [], [])
+
+    def timed(rows: int) -> float:
+        t0 = time.perf_counter()
+        run_at(rows)
+        return 1000 * (time.perf_counter() - t0)
+
     for rows in sizes:
-        for times in (cost.first_ms, cost.second_ms):
-            t0 = time.perf_counter()
-            run_at(rows)
-            times.append(1000 * (time.perf_counter() - t0))
+        cost.first_ms.append(timed(rows))
+        cost.second_ms.append(timed(rows))
+    if len(sizes) > 1:
+        cost.alternating_ms = [timed(sizes[-2 + i % 2]) for i in range(alternations)]
     return cost
 
 
@@ -187,12 +197,20 @@ def measure_new_shapes(
 
 
 def render_shapes(costs: list[ShapeCost]) -> list[str]:
-    lines = ["first run at a batch size not run before vs the second run (ms):"]
+    lines = [
+        "first run at a batch size not run before vs the second run, and runs alternating between two sizes "
+        "run before (ms):"
+    ]
     for c in costs:
         pairs = ", ".join(f"{b}: {f:.1f}/{s:.1f}" for b, f, s in zip(c.sizes, c.first_ms, c.second_ms, strict=True))
+        alternating = (
+            f", alternating {c.sizes[-2]}/{c.sizes[-1]} median {statistics.median(c.alternating_ms):.1f}"
+            if c.alternating_ms
+            else ""
+        )
         lines.append(
             f"  {c.name:<24} first median {statistics.median(c.first_ms):8.1f}, second median "
-            f"{statistics.median(c.second_ms):7.1f}  ({pairs})"
+            f"{statistics.median(c.second_ms):7.1f}{alternating}  ({pairs})"
         )
     return lines
 

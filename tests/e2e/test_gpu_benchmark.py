@@ -79,10 +79,11 @@ def test_cpu_smoke_prints_the_table_and_a_verdict(tmp_path: Path) -> None:
     shapes = result["env"]["new_shapes"]
     assert [c["name"] for c in shapes] == ["in-process session.run", "ortserve instance"]
     assert all(c["sizes"] == [3, 5, 60, 61, 62, 63] and len(c["first_ms"]) == len(c["second_ms"]) == 6 for c in shapes)
+    assert all(len(c["alternating_ms"]) == 6 and min(c["alternating_ms"]) > 0 for c in shapes)
     assert "first run at a batch size not run before" in done.stdout
     # The servers' batch shapes (listed, so padded on CPU too) and their warm-up, from their logs.
     assert "padded to the batch shapes 1,8,64,128" in done.stdout
-    assert "warmed up at batch sizes 1,8,64,128 on" in done.stdout
+    assert "warmed up at batch sizes 1,8,64,128 on" in done.stdout and "a change of batch shape costs" in done.stdout
     best = result["best_instances"]
     assert best in (1, 2) and f"({best} instance" in verdict[0] and "the best of 1, 2" in verdict[0]
     for n in ("1", "2"):

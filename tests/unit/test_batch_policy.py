@@ -4,6 +4,7 @@ import pytest
 from google.protobuf import text_format
 
 from ortserve.batching import BatchPolicy, QueuePolicy
+from ortserve.batching.shapes import ShapePlanner
 from ortserve.errors import ModelLoadError
 from ortserve.repository.batch_policy import batch_policy, shape_ladder
 from ortserve_client.proto import model_config_pb2 as mc
@@ -88,7 +89,7 @@ def test_listed_batch_shapes_apply_on_any_device_with_max_batch_size_added() -> 
     listed = config("max_batch_size: 16 dynamic_batching {} " + shapes("8, 2,4"))
     policy = batch_policy(listed, device="cpu")
     assert policy.batch_shapes == (2, 4, 8, 16)
-    assert [policy.padded_rows(n) for n in (1, 2, 3, 5, 8, 9, 16)] == [2, 2, 4, 8, 8, 16, 16]
+    assert [ShapePlanner(policy.batch_shapes).fit(n) for n in (1, 2, 3, 5, 8, 9, 16)] == [2, 2, 4, 8, 8, 16, 16]
 
 
 @pytest.mark.parametrize("value", ["0,4", "4,17", "a,b", "", "pow2"])
@@ -98,5 +99,6 @@ def test_bad_batch_shapes_fail_the_load_with_their_value(value: str) -> None:
         batch_policy(bad)
 
 
-def test_padded_rows_without_shapes_is_the_batch_itself() -> None:
-    assert [BatchPolicy(max_batch_size=8).padded_rows(n) for n in (1, 3, 8)] == [1, 3, 8]
+def test_without_shapes_a_batch_runs_as_formed() -> None:
+    planner = ShapePlanner(BatchPolicy(max_batch_size=8).batch_shapes)
+    assert [planner.rows_for(n) for n in (1, 3, 8, 2)] == [1, 3, 8, 2]

@@ -16,10 +16,11 @@ The policy, in steps:
 4. Only if `max_queue_delay_us` is set and the batch is short of its target (the largest
    preferred batch size, else the cap) does it wait, at most until the first request's
    arrival + delay. A lone request at low load never waits for a timer.
-5. The batch runs on the instance's own worker thread: concatenate (the one copy; padded up
-   to the next of the policy's `batch_shapes` when it has them, by repeating the last row), run,
-   split into per-request views (padding rows dropped); each still-pending future gets its slice and the timings; the
-   observer gets a BatchReport. A failed run fails only the requests of that batch.
+5. The batch runs on the instance's own worker thread: concatenate (the one copy; padded, by
+   repeating the last row, to the batch shape the instance's ShapePlanner chooses when the
+   policy has `batch_shapes`), run, split into per-request views (padding rows dropped); each
+   still-pending future gets its slice and the timings; the observer gets a BatchReport. A
+   failed run fails only the requests of that batch.
 
 Without `dynamic` batching each execution carries exactly one request. If the batcher task
 dies, every waiter fails instead of hanging.
@@ -41,6 +42,7 @@ import numpy as np
 from ortserve.batching.controller import LatencyController
 from ortserve.batching.policy import BatchPolicy
 from ortserve.batching.queue import Pending, RequestQueue
+from ortserve.batching.shapes import ShapePlanner
 from ortserve.batching.tensors import BatchBuffers, split_outputs
 from ortserve.errors import (
     DeadlineExceededError,
@@ -125,6 +127,8 @@ class DynamicBatcher:
         self._runners = list(runners)
         self._buffers = [BatchBuffers() for _ in self._runners]
         """Per instance: reusable memory for large batches, touched by that instance's worker only."""
+        self._planners = [ShapePlanner(self.policy.batch_shapes) for _ in self._runners]
+        """Per instance: the batch shape its batches run at (worker thread only, warm-up before it)."""
         self._delay_ns = self.policy.max_queue_delay_us * 1000
         self._on_batch = on_batch
         self._queue = RequestQueue(name, self.policy)
@@ -177,6 +181,15 @@ class DynamicBatcher:
         """Feed the cost model a measured execution (warm-up runs seed it before traffic)."""
         if self._controller is not None:
             self._controller.observe(rows, ns)
+
+    def observe_run(self, instance: int, rows: int, ns: int) -> None:
+        """Tell instance `instance`'s shape planner that a run of `rows` rows took `ns` (warm-up,
+        before the batcher starts: it seeds the shapes' run times and the cost of a change)."""
+        self._planners[instance].observe(rows, ns)
+
+    def planner(self, instance: int) -> ShapePlanner:
+        """Instance `instance`'s shape planner (read-only use outside its worker)."""
+        return self._planners[instance]
 
     def start(self) -> None:
         """Start the worker threads and the batcher task on the running event loop."""
@@ -433,13 +446,15 @@ class DynamicBatcher:
 
     def _compute(self, instance: int, inputs: list[Mapping[str, np.ndarray]], live: list[Pending]) -> _Done:
         rows = [item.rows for item in live]
-        padded = self.policy.padded_rows(sum(rows))
+        planner = self._planners[instance]
+        padded = planner.rows_for(sum(rows))
         t0 = perf_counter_ns()
         buffers = self._buffers[instance]
         feeds = buffers.concat(inputs, padded)
         t1 = perf_counter_ns()
         outputs = buffers.detach(self._runners[instance](feeds))
         t2 = perf_counter_ns()
+        planner.observe(padded, t2 - t1)
         parts = split_outputs(outputs, rows, padded)
         t3 = perf_counter_ns()
         return parts, t1 - t0, t2 - t1, t3 - t2

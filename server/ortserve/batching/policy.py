@@ -7,7 +7,6 @@ request without a priority gets `default_priority_level`.
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from dataclasses import dataclass, field
 
 
@@ -49,14 +48,8 @@ class BatchPolicy:
     latency_target_ms: float = 0.0
     """p99 latency target; > 0 turns on the latency-target controller (batch cap + admission)."""
     batch_shapes: tuple[int, ...] = ()
-    """Ascending row counts a batch is padded up to before it runs, so that the session sees only
-    these shapes (CUDA pays a one-time cost for each new one); empty = run batches as formed."""
-
-    def padded_rows(self, rows: int) -> int:
-        """The batch shape `rows` rows run as: the smallest batch shape >= rows, else rows."""
-        shapes = self.batch_shapes
-        index = bisect_left(shapes, rows)
-        return shapes[index] if index < len(shapes) else rows
+    """Ascending row counts a batch is padded up to before it runs (shapes.ShapePlanner chooses
+    which); empty = run batches as formed."""
 
     @property
     def levels(self) -> int:

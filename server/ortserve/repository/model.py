@@ -151,14 +151,20 @@ class ModelVersion:
         shapes = self._batcher.policy.batch_shapes
         sizes = sorted({1, self.config.max_batch_size or 1, *preferred, *shapes})
         began = perf_counter_ns()
-        for instance in self.onnx.instances:
-            for rows in sizes:
+        # With batch shapes, two more runs at the largest two sizes, each a change of shape, seed
+        # what a change costs (batching/shapes.py); the shapes' own times come from the second runs.
+        changes = sizes[-2:] if shapes and len(sizes) > 1 else []
+        for index, instance in enumerate(self.onnx.instances):
+            for rows, times in [*((r, 2) for r in sizes), *((r, 1) for r in changes)]:
                 feeds = zero_feeds(self.signature, rows)
                 try:
-                    instance.run(feeds)
-                    started = perf_counter_ns()
-                    instance.run(feeds)
-                    self._batcher.observe_cost(rows, perf_counter_ns() - started)
+                    for _ in range(times):
+                        started = perf_counter_ns()
+                        instance.run(feeds)
+                        ns = perf_counter_ns() - started
+                        self._batcher.observe_run(index, rows, ns)
+                    if times == 2:
+                        self._batcher.observe_cost(rows, ns)
                 except Exception as exc:
                     raise ModelLoadError(
                         f"model {self.name!r} version {self.version}: warm-up at batch size {rows} "
@@ -173,10 +179,12 @@ class ModelVersion:
                             f"model {self.name!r} version {self.version}: model_warmup {sample.name!r} "
                             f"failed on instance {instance.name}: {exc}"
                         ) from exc
+        change = max((self._batcher.planner(i).change_ns for i in range(len(self.onnx.instances))), default=0.0)
         log.info(
-            "model %r version %d: warmed up at batch sizes %s on %d instance(s) in %.2f s",
+            "model %r version %d: warmed up at batch sizes %s on %d instance(s) in %.2f s%s",
             self.name, self.version, ",".join(map(str, sizes)), len(self.onnx.instances),
             (perf_counter_ns() - began) / 1e9,
+            f"; a change of batch shape costs {change / 1e6:.1f} ms" if shapes else "",
         )
 
     def start(self) -> None:

@@ -1,0 +1,71 @@
+"""The batch shape planner (batching/shapes.py): padding, and when a change of shape pays off."""
+
+from __future__ import annotations
+
+from ortserve.batching.shapes import ShapePlanner
+
+MS = 1_000_000
+LADDER = (1, 2, 4, 8, 16, 24, 32, 40, 48, 56, 64, 72)
+
+
+def seeded(change_ms: float, per_row_ms: float = 0.2) -> ShapePlanner:
+    """A planner that has measured every shape at `per_row_ms` a row and a change at `change_ms`."""
+    planner = ShapePlanner(LADDER)
+    planner.observe(1, 50 * MS)  # the session's first run: ignored
+    planner.observe(1, int(0.2 * MS))
+    for shape in LADDER[1:]:  # as the warm-up: each shape twice (a change with no time for it yet, then the same)
+        planner.observe(shape, int((shape * per_row_ms + change_ms) * MS))
+        planner.observe(shape, int(shape * per_row_ms * MS))
+    for shape in (64, 72):  # then changes between shapes whose own time is known
+        planner.observe(shape, int((shape * per_row_ms + change_ms) * MS))
+    return planner
+
+
+def test_costs_come_from_same_shape_runs_and_a_change_from_the_difference() -> None:
+    planner = seeded(change_ms=90)
+    assert planner.cost_ns(64) == 64 * 0.2 * MS
+    assert abs(planner.change_ns - 90 * MS) < 1e-3 * MS
+    assert planner.cost_ns(100) == planner.cost_ns(72) * 100 / 72  # scaled from the nearest measured
+
+
+def test_the_first_run_of_a_session_teaches_nothing() -> None:
+    planner = ShapePlanner(LADDER)
+    planner.observe(8, 500 * MS)
+    assert planner.cost_ns(8) == 0 and planner.change_ns == 0
+
+
+def test_without_a_change_cost_batches_run_at_their_nearest_shape() -> None:
+    planner = seeded(change_ms=0)
+    assert [planner.rows_for(n) for n in (60, 68, 60, 5, 1, 64)] == [64, 72, 64, 8, 1, 64]
+
+
+def test_neighbouring_batch_sizes_keep_one_shape_when_a_change_is_dear() -> None:
+    """Under load batches alternate around a mean: 60, 68, 60, ... must not change shape each time."""
+    planner = seeded(change_ms=90)
+    shapes = [planner.rows_for(n) for n in (60, 68, 60, 68, 62, 66, 57, 70) * 5]
+    assert shapes[0] == 64 and set(shapes[1:]) == {72}
+
+
+def test_a_batch_that_does_not_fit_changes_shape_at_once() -> None:
+    planner = seeded(change_ms=90)
+    assert planner.rows_for(8) == 8
+    assert planner.rows_for(40) == 40
+    assert planner.rows_for(130) == 130  # past the largest shape: as formed
+
+
+def test_small_batches_shrink_the_shape_once_their_waste_reaches_a_change() -> None:
+    """Ski rental: at 72 rows a 4-row batch wastes (72 - 4) * 0.2 = 13.6 ms; 90 ms of waste buys
+    the change, after 7 batches, to the largest shape those batches needed."""
+    planner = seeded(change_ms=90)
+    assert planner.rows_for(70) == 72
+    shapes = [planner.rows_for(n) for n in (3, 4, 2, 4, 3, 1, 4, 4, 4)]
+    assert shapes == [72] * 6 + [4, 4, 4]
+
+
+def test_a_batch_that_needs_the_current_shape_resets_the_waste() -> None:
+    planner = seeded(change_ms=90)
+    planner.rows_for(70)
+    for _ in range(5):
+        assert planner.rows_for(4) == 72
+    assert planner.rows_for(71) == 72  # needed it: the waste so far is forgiven
+    assert [planner.rows_for(4) for _ in range(7)] == [72] * 6 + [4]
