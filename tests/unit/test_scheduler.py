@@ -379,3 +379,26 @@ def test_a_deadline_that_cannot_be_met_is_refused_before_queueing() -> None:
         await b.close()
 
     run(main)
+
+
+# -- batch shapes ----------------------------------------------------------------------------
+
+
+def test_with_batch_shapes_a_batch_is_padded_and_capped_at_the_instances_shape() -> None:
+    """Shapes (2, 4, 8). The blocker (1 row) runs padded to 2, so the instance's shape is 2. Five
+    rows then wait, at least twice 2: the next batch grows to the shape of half of them (3 -> 4)
+    and takes 4; the last row runs alone, padded, and (no change cost measured) at shape 2."""
+
+    async def main() -> None:
+        b, runner, blocker = await held(BatchPolicy(max_batch_size=8, batch_shapes=(2, 4, 8)))
+        rest = [submit(b, float(v)) for v in (10, 11, 12, 13, 14)]
+        await until(lambda: b.queued_requests == 5)
+        runner.release.set()
+        answers = await asyncio.gather(blocker, *rest)
+        await b.close()
+        batches = [call["x"][:, 0].tolist() for call in runner.calls]
+        assert batches == [[-1.0, -1.0], [10.0, 11.0, 12.0, 13.0], [14.0, 14.0]]
+        assert [float(a.outputs["y"][0, 0]) for a in answers] == [-2.0, 20.0, 22.0, 24.0, 26.0, 28.0]
+        assert all(a.outputs["y"].shape == (1, 2) for a in answers)  # each its own row, no padding
+
+    run(main)

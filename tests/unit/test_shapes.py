@@ -69,3 +69,16 @@ def test_a_batch_that_needs_the_current_shape_resets_the_waste() -> None:
         assert planner.rows_for(4) == 72
     assert planner.rows_for(71) == 72  # needed it: the waste so far is forgiven
     assert [planner.rows_for(4) for _ in range(7)] == [72] * 6 + [4]
+
+
+def test_a_batch_takes_at_most_the_current_shape_until_the_queue_holds_twice_that() -> None:
+    planner = seeded(change_ms=90)
+    assert planner.cap(100, 128) == 128  # no shape yet: whatever waits
+    planner.rows_for(64)
+    assert [planner.cap(q, 128) for q in (1, 50, 64, 100, 127)] == [64] * 5
+    assert planner.cap(128, 128) == 64  # half the queue: 64, this shape
+    assert planner.cap(140, 128) == 72 and planner.cap(400, 128) == 128 and planner.cap(400, 60) == 60
+
+
+def test_without_shapes_the_cap_is_the_batchers() -> None:
+    assert ShapePlanner(()).cap(500, 32) == 32

@@ -10,7 +10,8 @@ The policy, in steps:
    requests never leave the queue for a batch).
 3. It gathers, without waiting, every queued request that fits: same non-batch dims, rows
    counted, at most the batch cap (`max_batch_size`, or the controller's smaller cap in
-   latency-target mode), higher priorities first. While every instance is busy, requests
+   latency-target mode, or with batch shapes the instance's current shape: shapes.py), higher
+   priorities first. While every instance is busy, requests
    accumulate, so the next free instance takes as many rows as fit (pipelining: instances run
    batches concurrently while the next one forms).
 4. Only if `max_queue_delay_us` is set and the batch is short of its target (the largest
@@ -346,7 +347,7 @@ class DynamicBatcher:
     async def _dispatch(self) -> None:
         while True:
             instance = await self._idle.get()
-            batch = await self._next_batch()
+            batch = await self._next_batch(instance)
             now = monotonic_ns()
             live = [item for item in batch if not item.future.done() and not self._past_deadline(item, now)]
             if not live:
@@ -356,12 +357,14 @@ class DynamicBatcher:
             self._running_requests += len(live)
             self._jobs[instance].put((instance, live, now))
 
-    async def _next_batch(self) -> list[Pending]:
+    async def _next_batch(self, instance: int) -> list[Pending]:
         first = await self._pop_live()
         batch = [first]
         if not self.policy.batching:
             return batch
         cap = self._controller.batch_cap() if self._controller is not None else self.policy.max_batch_size
+        # The instance is idle, so its worker does not touch the planner now.
+        cap = self._planners[instance].cap(first.rows + self._queue.rows, cap)
         rows = self._queue.take_compatible(batch, first.rows, cap) if self._queue.requests else first.rows
         target = min(max(self.policy.preferred_batch_sizes, default=cap), cap)
         if self._delay_ns and rows < target:

@@ -7,7 +7,12 @@ ResNet-50 on an H200 took ~94 ms for that against ~14 ms for the batch of 64 its
 batches of neighbouring sizes (64, 72, 64, ...), so padding each batch to its nearest shape
 still changes shape almost every batch. So each instance runs at a current shape and:
 
-- a batch that does not fit the current shape switches to the smallest shape that holds it;
+- a batch takes at most the current shape's rows (`cap`), the rest waiting for the next batch,
+  unless the queue holds twice that or more: then it grows to the shape of half the queue (the
+  backlog split between this batch and the next). Under a closed loop of C clients on one
+  instance this settles at C/2 rows a batch, one batch running while the next forms;
+- a batch that does not fit the current shape (one large request) switches to the smallest
+  shape that holds it;
 - a batch that fits stays at the current shape, padded, unless the time padding has wasted
   since the last batch that needed the current shape has reached what a change costs; then it
   shrinks to the largest shape those batches needed. (The ski-rental rule: never pay more than
@@ -28,9 +33,11 @@ _ALPHA = 0.25
 
 
 class ShapePlanner:
-    """One instance's batch shape: `rows_for` before a run, `observe` after it.
+    """One instance's batch shape: `cap` while its batch forms, `rows_for` before the run,
+    `observe` after it.
 
-    Not thread-safe: one per instance, used by its worker thread (and its warm-up before that).
+    Not thread-safe: one per instance, used by the batcher task only while the instance is idle
+    (`cap`) and by the instance's worker thread while its batch runs (and its warm-up before that).
     """
 
     __slots__ = ("shapes", "current", "_last_run", "_run_ns", "_change_ns", "_waste_ns", "_needed")
@@ -57,6 +64,15 @@ class ShapePlanner:
         shapes = self.shapes
         index = bisect_left(shapes, rows)
         return shapes[index] if index < len(shapes) else rows
+
+    def cap(self, queued_rows: int, max_rows: int) -> int:
+        """The most rows the next batch may take when `queued_rows` rows wait (<= max_rows)."""
+        current = self.current
+        if not self.shapes or current == 0:
+            return max_rows
+        if queued_rows >= 2 * current:
+            return min(max_rows, self.fit((queued_rows + 1) // 2))
+        return min(max_rows, current)
 
     def rows_for(self, rows: int) -> int:
         """The row count a batch of `rows` rows runs at (>= rows)."""
