@@ -45,9 +45,9 @@ Steps (`main`):
    of wall time the instances ran, the busiest server thread's CPU share, the server's cores), the
    GPU and versions, and the verdict against `--target` at the highest concurrency.
 
-First H200 run (2026-11-26, docs/performance.md): in-process 4423 images/s at batch 128; ortserve
-391 infer/s at C=128 with batches of 64 taking 143 ms in session.run (10x the in-process time) and
-its busiest thread at 95% of a core.
+H200 runs (docs/performance.md, "GPU runs"): at first ortserve reached 0.10 x the ceiling at
+C=128, every batch rebuilding ONNX Runtime's cuDNN plans because batch sizes kept changing; with
+batch shapes (server/ortserve/batching/shapes.py) 0.39 x, bounded by one process's GIL.
 """
 
 from __future__ import annotations
