@@ -189,3 +189,19 @@ def test_warm_up_runs_every_batch_shape_of_a_cuda_model() -> None:
     # Each size twice (6: a preferred size), then the largest two once more: changes of shape,
     # whose extra time seeds the planner's cost of a change.
     assert onnx.instances[0].rows == [1, 1, 2, 2, 4, 4, 6, 6, 8, 8, 6, 8]
+
+
+def test_the_shape_planner_learns_the_shape_the_warm_up_samples_left_the_session_at(tmp_path: Path) -> None:
+    """The samples (batch_size 3) run last: a first batch of 8 rows is a change of shape, not a
+    second run at 8, so it must not pass for 8 rows' run time."""
+    write_data(tmp_path)
+    parsed = config(ALL_INPUTS)
+    onnx = FakeModel(1)
+    onnx.instances[0].device = "cuda"
+    version = ModelVersion("m", 1, parsed, onnx)  # type: ignore[arg-type]
+    version.warm_up(warmup_samples(parsed, version.signature, tmp_path))
+    planner = version.batcher.planner(0)
+    assert onnx.instances[0].rows[-2:] == [3, 3]
+    before = planner.cost_ns(8)
+    planner.observe(8, 10**12)  # a huge run at 8 right after the samples
+    assert planner.cost_ns(8) == before  # counted as a change, not as 8 rows' time

@@ -129,7 +129,8 @@ class DynamicBatcher:
         self._buffers = [BatchBuffers() for _ in self._runners]
         """Per instance: reusable memory for large batches, touched by that instance's worker only."""
         self._planners = [ShapePlanner(self.policy.batch_shapes) for _ in self._runners]
-        """Per instance: the batch shape its batches run at (worker thread only, warm-up before it)."""
+        """Per instance: the batch shape its batches run at (the batcher task while the instance is
+        idle, its worker while a batch runs, the warm-up before either)."""
         self._delay_ns = self.policy.max_queue_delay_us * 1000
         self._on_batch = on_batch
         self._queue = RequestQueue(name, self.policy)

@@ -59,9 +59,9 @@ def shape_ladder(max_batch_size: int) -> tuple[int, ...]:
 def batch_shapes(config: mc.ModelConfig, device: str) -> tuple[int, ...]:
     """The row counts a batch is padded up to (BatchPolicy.batch_shapes).
 
-    CUDA pays a one-time cost (cuDNN algorithm choice, memory) for each input shape a session has
-    not run before, and a batcher forms every batch size from 1 to max_batch_size; padding to a
-    few shapes, each warmed up at load, means no request pays it. Parameter `batch_shapes`:
+    A CUDA session pays for every change of input shape (ONNX Runtime rebuilds its cuDNN plans),
+    and a batcher forms every batch size from 1 to max_batch_size; batching/shapes.py pads batches
+    to a few shapes and keeps each instance on one of them. Parameter `batch_shapes`:
     "auto" (or absent): shape_ladder(max_batch_size) when the model runs on CUDA, none on CPU
     (where a new shape costs nothing and padding would waste compute); "off": none; or a comma
     list of row counts in 1..max_batch_size (max_batch_size is added, so that every batch has one).

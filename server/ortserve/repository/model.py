@@ -171,9 +171,13 @@ class ModelVersion:
                         f"failed on instance {instance.name}: {exc}"
                     ) from exc
             for sample in samples:
+                # The planner must know the shape the session ran last, samples included.
+                rows = len(next(iter(sample.feeds.values()))) if self.config.max_batch_size else 1
                 for _ in range(sample.count):
                     try:
+                        started = perf_counter_ns()
                         instance.run(sample.feeds)
+                        self._batcher.observe_run(index, rows, perf_counter_ns() - started)
                     except Exception as exc:
                         raise ModelLoadError(
                             f"model {self.name!r} version {self.version}: model_warmup {sample.name!r} "
