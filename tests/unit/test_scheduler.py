@@ -385,20 +385,40 @@ def test_a_deadline_that_cannot_be_met_is_refused_before_queueing() -> None:
 
 
 def test_with_batch_shapes_a_batch_is_padded_and_capped_at_the_instances_shape() -> None:
-    """Shapes (2, 4, 8). The blocker (1 row) runs padded to 2, so the instance's shape is 2. Five
-    rows then wait, at least twice 2: the next batch grows to the shape of half of them (3 -> 4)
-    and takes 4; the last row runs alone, padded, and (no change cost measured) at shape 2."""
+    """Shapes (2, 4, 8), a change of shape measured to cost 50 ms. The blocker (1 row) runs padded
+    to 2, so the instance's shape is 2. Five rows then wait, at least twice 2: the next batch grows
+    to the shape of half of them (3 -> 4) and takes 4; the last row runs alone, padded to 4 (the
+    waste of one small batch is far from a change's cost)."""
 
     async def main() -> None:
-        b, runner, blocker = await held(BatchPolicy(max_batch_size=8, batch_shapes=(2, 4, 8)))
+        b = DynamicBatcher("m_1", [runner := Runner(hold=True)], BatchPolicy(max_batch_size=8, batch_shapes=(2, 4, 8)))
+        for rows, ms in ((2, 1), (2, 1), (2, 1), (4, 2), (4, 2), (2, 51)):  # as the warm-up would
+            b.observe_run(0, rows, ms * MS)
+        assert b.planner(0).change_ns == 50 * MS
+        b.start()
+        blocker = asyncio.create_task(b.submit({"x": x(1, -1.0)}, rows=1))
+        await runner.wait_entered()
         rest = [submit(b, float(v)) for v in (10, 11, 12, 13, 14)]
         await until(lambda: b.queued_requests == 5)
         runner.release.set()
         answers = await asyncio.gather(blocker, *rest)
         await b.close()
         batches = [call["x"][:, 0].tolist() for call in runner.calls]
-        assert batches == [[-1.0, -1.0], [10.0, 11.0, 12.0, 13.0], [14.0, 14.0]]
+        assert batches == [[-1.0, -1.0], [10.0, 11.0, 12.0, 13.0], [14.0, 14.0, 14.0, 14.0]]
         assert [float(a.outputs["y"][0, 0]) for a in answers] == [-2.0, 20.0, 22.0, 24.0, 26.0, 28.0]
         assert all(a.outputs["y"].shape == (1, 2) for a in answers)  # each its own row, no padding
+
+    run(main)
+
+
+def test_with_batch_shapes_and_free_changes_a_batch_takes_what_waits() -> None:
+    async def main() -> None:
+        b, runner, blocker = await held(BatchPolicy(max_batch_size=8, batch_shapes=(2, 4, 8)))
+        rest = [submit(b, float(v)) for v in (10, 11, 12, 13, 14)]
+        await until(lambda: b.queued_requests == 5)
+        runner.release.set()
+        await asyncio.gather(blocker, *rest)
+        await b.close()
+        assert runner.rows == [2, 8]  # 1 row padded to 2, then all 5 waiting padded to 8
 
     run(main)

@@ -80,5 +80,8 @@ def test_a_batch_takes_at_most_the_current_shape_until_the_queue_holds_twice_tha
     assert planner.cap(140, 128) == 72 and planner.cap(400, 128) == 128 and planner.cap(400, 60) == 60
 
 
-def test_without_shapes_the_cap_is_the_batchers() -> None:
+def test_without_shapes_or_without_a_change_cost_the_cap_is_the_batchers() -> None:
     assert ShapePlanner(()).cap(500, 32) == 32
+    free = seeded(change_ms=0)
+    free.rows_for(8)
+    assert free.cap(12, 72) == 72  # changing shape costs nothing: no reason to leave rows behind

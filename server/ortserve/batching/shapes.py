@@ -7,10 +7,11 @@ ResNet-50 on an H200 took ~94 ms for that against ~14 ms for the batch of 64 its
 batches of neighbouring sizes (64, 72, 64, ...), so padding each batch to its nearest shape
 still changes shape almost every batch. So each instance runs at a current shape and:
 
-- a batch takes at most the current shape's rows (`cap`), the rest waiting for the next batch,
-  unless the queue holds twice that or more: then it grows to the shape of half the queue (the
-  backlog split between this batch and the next). Under a closed loop of C clients on one
-  instance this settles at C/2 rows a batch, one batch running while the next forms;
+- when a change costs something, a batch takes at most the current shape's rows (`cap`), the
+  rest waiting for the next batch, unless the queue holds twice that or more: then it grows to
+  the shape of half the queue (the backlog split between this batch and the next). Under a
+  closed loop of C clients on one instance this settles at C/2 rows a batch, one batch running
+  while the next forms;
 - a batch that does not fit the current shape (one large request) switches to the smallest
   shape that holds it;
 - a batch that fits stays at the current shape, padded, unless the time padding has wasted
@@ -20,8 +21,9 @@ still changes shape almost every batch. So each instance runs at a current shape
 
 Costs are measured on each instance: the run time of each shape (runs that kept the shape) and
 what a change adds (a run that changed shape, less that shape's run time). Before a change has
-been measured its cost counts as zero, so a session that pays nothing for a change (CPU) just
-runs at the nearest shape. The model's warm-up seeds both (it runs each shape twice).
+been measured its cost counts as zero, so a session that pays nothing for a change (CPU) takes
+whatever waits and runs it at the nearest shape. The model's warm-up seeds both (it runs each
+shape twice, then changes shape twice).
 """
 
 from __future__ import annotations
@@ -68,8 +70,8 @@ class ShapePlanner:
     def cap(self, queued_rows: int, max_rows: int) -> int:
         """The most rows the next batch may take when `queued_rows` rows wait (<= max_rows)."""
         current = self.current
-        if not self.shapes or current == 0:
-            return max_rows
+        if not self.shapes or current == 0 or self._change_ns == 0:
+            return max_rows  # no shape yet, or changing shape costs nothing: take what waits
         if queued_rows >= 2 * current:
             return min(max_rows, self.fit((queued_rows + 1) // 2))
         return min(max_rows, current)
