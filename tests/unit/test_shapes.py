@@ -85,3 +85,6 @@ def test_without_shapes_or_without_a_change_cost_the_cap_is_the_batchers() -> No
     free = seeded(change_ms=0)
     free.rows_for(8)
     assert free.cap(12, 72) == 72  # changing shape costs nothing: no reason to leave rows behind
+    cheap = seeded(change_ms=1)  # less than a run at 8 rows (1.6 ms): leaving rows behind costs more
+    cheap.rows_for(8)
+    assert cheap.cap(12, 72) == 72

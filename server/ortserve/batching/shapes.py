@@ -7,7 +7,8 @@ ResNet-50 on an H200 took ~94 ms for that against ~14 ms for the batch of 64 its
 batches of neighbouring sizes (64, 72, 64, ...), so padding each batch to its nearest shape
 still changes shape almost every batch. So each instance runs at a current shape and:
 
-- when a change costs something, a batch takes at most the current shape's rows (`cap`), the
+- when a change costs more than a run at the current shape (as on CUDA, by 5-10 times), a batch
+  takes at most the current shape's rows (`cap`), the
   rest waiting for the next batch, unless the queue holds twice that or more: then it grows to
   the shape of half the queue (the backlog split between this batch and the next). Under a
   closed loop of C clients on one instance this settles at C/2 rows a batch, one batch running
@@ -70,8 +71,10 @@ class ShapePlanner:
     def cap(self, queued_rows: int, max_rows: int) -> int:
         """The most rows the next batch may take when `queued_rows` rows wait (<= max_rows)."""
         current = self.current
-        if not self.shapes or current == 0 or self._change_ns == 0:
-            return max_rows  # no shape yet, or changing shape costs nothing: take what waits
+        if not self.shapes or current == 0 or self._change_ns <= self.cost_ns(current):
+            # No shape yet, or a change costs less than the extra run that leaving rows behind
+            # means: take what waits.
+            return max_rows
         if queued_rows >= 2 * current:
             return min(max_rows, self.fit((queued_rows + 1) // 2))
         return min(max_rows, current)
