@@ -45,15 +45,14 @@ def gather(arrays: Sequence[np.ndarray], out: np.ndarray | None = None, rows: in
     """
     first = arrays[0]
     have = sum(a.shape[0] for a in arrays)
-    pad = rows - have
-    if pad > 0:
-        arrays = [*arrays, np.repeat(arrays[-1][-1:], pad, axis=0)]
-    if first.dtype.hasobject:
-        return np.concatenate(arrays, axis=0, out=out)
+    pad = max(rows - have, 0)
+    pieces = len(arrays) + (pad > 0)
+    if first.dtype.hasobject or (out is not None and not out.flags.c_contiguous):
+        return np.concatenate(_padded(arrays, pad), axis=0, out=out)
     if out is None:
-        out = np.empty((max(rows, have), *first.shape[1:]), first.dtype)
-    if out.nbytes < GIL_FREE_BYTES * len(arrays) or not out.flags.c_contiguous:
-        return np.concatenate(arrays, axis=0, out=out)
+        out = np.empty((have + pad, *first.shape[1:]), first.dtype)
+    if out.nbytes < GIL_FREE_BYTES * pieces:
+        return np.concatenate(_padded(arrays, pad), axis=0, out=out)
     target = out.reshape(-1).view(np.uint8).data
     offset = 0
     for array in arrays:
@@ -63,7 +62,21 @@ def gather(arrays: Sequence[np.ndarray], out: np.ndarray | None = None, rows: in
         # A slice assignment between byte memoryviews: one memcpy, and the GIL stays held.
         target[offset : offset + size] = array.reshape(-1).view(np.uint8).data
         offset += size
+    if pad:  # the last row, copied from where it now is in `out`
+        row = out.nbytes // (have + pad)
+        last = target[offset - row : offset]
+        for _ in range(pad):
+            target[offset : offset + row] = last
+            offset += row
     return out
+
+
+def _padded(arrays: Sequence[np.ndarray], pad: int) -> Sequence[np.ndarray]:
+    """`arrays` and, when pad > 0, a broadcast view of `pad` copies of the last row (no copy yet)."""
+    if not pad:
+        return arrays
+    last = arrays[-1][-1:]
+    return [*arrays, np.broadcast_to(last, (pad, *last.shape[1:]))]
 
 
 class BatchBuffers:
