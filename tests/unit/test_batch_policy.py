@@ -7,6 +7,7 @@ from ortserve.batching import BatchPolicy, QueuePolicy
 from ortserve.batching.shapes import ShapePlanner
 from ortserve.errors import ModelLoadError
 from ortserve.repository.batch_policy import batch_policy, shape_ladder
+from ortserve.repository.model import MODEL_PARAMETERS
 from ortserve_client.proto import model_config_pb2 as mc
 
 
@@ -102,3 +103,21 @@ def test_bad_batch_shapes_fail_the_load_with_their_value(value: str) -> None:
 def test_without_shapes_a_batch_runs_as_formed() -> None:
     planner = ShapePlanner(BatchPolicy(max_batch_size=8).batch_shapes)
     assert [planner.rows_for(n) for n in (1, 3, 8, 2)] == [1, 3, 8, 2]
+
+
+def hold(value: str) -> str:
+    return f'parameters {{ key: "batch_hold" value: {{ string_value: "{value}" }} }}'
+
+
+def test_batch_hold_is_on_unless_turned_off() -> None:
+    assert batch_policy(config("max_batch_size: 8 dynamic_batching {}")).hold
+    assert batch_policy(config("max_batch_size: 8 dynamic_batching {} " + hold(" Auto "))).hold
+    assert not batch_policy(config("max_batch_size: 8 dynamic_batching {} " + hold("off"))).hold
+    assert "batch_hold" in MODEL_PARAMETERS  # not warned about as an unknown parameter
+
+
+@pytest.mark.parametrize("value", ["on", "0", ""])
+def test_a_bad_batch_hold_fails_the_load_with_its_value(value: str) -> None:
+    bad = config("max_batch_size: 8 dynamic_batching {} " + hold(value))
+    with pytest.raises(ModelLoadError, match=f'batch_hold must be "auto" .* or "off" .*got \'{value}\''):
+        batch_policy(bad)

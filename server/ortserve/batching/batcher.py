@@ -8,15 +8,16 @@ The policy, in steps:
    timeout, whose action is REJECT or DELAY).
 2. The batcher task waits for an idle instance, then for a live request (cancelled or expired
    requests never leave the queue for a batch).
-3. It gathers, without waiting, every queued request that fits: same non-batch dims, rows
-   counted, at most the batch cap (`max_batch_size`, or the controller's smaller cap in
-   latency-target mode, or with batch shapes the instance's current shape: shapes.py), higher
-   priorities first. While every instance is busy, requests
-   accumulate, so the next free instance takes as many rows as fit (pipelining: instances run
-   batches concurrently while the next one forms).
-4. Only if `max_queue_delay_us` is set and the batch is short of its target (the largest
-   preferred batch size, else the cap) does it wait, at most until the first request's
-   arrival + delay. A lone request at low load never waits for a timer.
+3. It gathers every queued request that fits: same non-batch dims, rows counted, at most the
+   batch cap (`max_batch_size`, or the controller's smaller cap in latency-target mode, or with
+   batch shapes the instance's current shape: shapes.py), higher priorities first. While every
+   instance is busy, requests accumulate, so the next free instance takes as many rows as fit
+   (pipelining: instances run batches concurrently while the next one forms).
+4. At high load, when requests arrive faster than a batch's handoff to its thread costs, a
+   batch short of its target (the largest preferred batch size, else the cap) keeps taking
+   arrivals while they keep coming (hold.py: measured, bounded; never at low load). Then, only
+   if `max_queue_delay_us` is set and the batch is still short, it waits, at most until the
+   first request's arrival + delay. A lone request at low load never waits.
 5. The batch runs on the instance's own worker thread: concatenate (the one copy; padded, by
    repeating the last row, to the batch shape the instance's ShapePlanner chooses when the
    policy has `batch_shapes`), run, split into per-request views (padding rows dropped); each
@@ -41,6 +42,7 @@ from typing import cast
 import numpy as np
 
 from ortserve.batching.controller import LatencyController
+from ortserve.batching.hold import HOLD_FACTOR, BatchHold
 from ortserve.batching.policy import BatchPolicy
 from ortserve.batching.queue import Pending, RequestQueue
 from ortserve.batching.shapes import ShapePlanner
@@ -132,6 +134,7 @@ class DynamicBatcher:
         """Per instance: the batch shape its batches run at (the batcher task while the instance is
         idle, its worker while a batch runs, the warm-up before either)."""
         self._delay_ns = self.policy.max_queue_delay_us * 1000
+        self._hold = BatchHold() if self.policy.batching and self.policy.hold else None
         self._on_batch = on_batch
         self._queue = RequestQueue(name, self.policy)
         self._controller = (
@@ -188,6 +191,11 @@ class DynamicBatcher:
         """Tell instance `instance`'s shape planner that a run of `rows` rows took `ns` (warm-up,
         before the batcher starts: it seeds the shapes' run times and the cost of a change)."""
         self._planners[instance].observe(rows, ns)
+
+    @property
+    def hold(self) -> BatchHold | None:
+        """The hold's measurements (hold.py); None when the policy is strictly greedy or does not batch."""
+        return self._hold
 
     def planner(self, instance: int) -> ShapePlanner:
         """Instance `instance`'s shape planner (read-only use outside its worker)."""
@@ -246,6 +254,8 @@ class DynamicBatcher:
         item = Pending(inputs, rows, key, future, now, deadline_ns, level, context, [])
         self._queue.push(item)  # QueueFullError when the level is full
         self._arm_timers(loop, item, now, timeout_us)
+        if self._hold is not None:
+            self._hold.arrived(now)
         self._wakeup.set()
         try:
             return cast(BatchResult, await future)
@@ -368,6 +378,8 @@ class DynamicBatcher:
         cap = self._planners[instance].cap(first.rows + self._queue.rows, cap)
         rows = self._queue.take_compatible(batch, first.rows, cap) if self._queue.requests else first.rows
         target = min(max(self.policy.preferred_batch_sizes, default=cap), cap)
+        if self._hold is not None and rows < target and (period := self._hold.period_ns()):
+            rows = await self._hold_for_rows(batch, rows, target, period)
         if self._delay_ns and rows < target:
             # Held here while waiting, so that close() can see and, if cancelled, fail them.
             self._forming = batch
@@ -384,6 +396,24 @@ class DynamicBatcher:
                 rows = self._queue.take_compatible(batch, rows, cap)
             self._forming = []
         return batch
+
+    async def _hold_for_rows(self, batch: list[Pending], rows: int, target: int, period_ns: int) -> int:
+        """Take arrivals into `batch` while they keep coming (hold.py); returns its rows."""
+        hold = self._hold
+        assert hold is not None
+        now = monotonic_ns()
+        stop = now + HOLD_FACTOR * period_ns
+        if self._delay_ns:
+            stop = min(stop, batch[0].enqueued_ns + self._delay_ns)
+        # Held here while waiting, so that close() can see and, if cancelled, fail them.
+        self._forming = batch
+        while rows < target and now < stop and hold.flowing(now, period_ns):
+            await asyncio.sleep(0)  # one loop iteration: requests being read reach the queue
+            if self._queue.requests:
+                rows = self._queue.take_compatible(batch, rows, target)
+            now = monotonic_ns()
+        self._forming = []
+        return rows
 
     async def _pop_live(self) -> Pending:
         while True:
@@ -423,6 +453,8 @@ class DynamicBatcher:
                 self._report(BatchReport(self.name, total, started, finished, error=error, contexts=contexts))
                 return
             parts, input_ns, infer_ns, output_ns = done
+            if self._hold is not None:
+                self._hold.observe(finished - started - input_ns - infer_ns - output_ns)
             controller = self._controller
             if controller is not None:
                 controller.observe(total, finished - started)

@@ -50,6 +50,9 @@ class BatchPolicy:
     batch_shapes: tuple[int, ...] = ()
     """Ascending row counts a batch is padded up to before it runs (shapes.ShapePlanner chooses
     which); empty = run batches as formed."""
+    hold: bool = True
+    """At high load, let a batch that an idle instance could run wait briefly for more rows
+    (hold.BatchHold: measured, never at low load); False = strictly greedy."""
 
     @property
     def levels(self) -> int:

@@ -12,6 +12,8 @@ LATENCY_TARGET_PARAMETER = "latency_target_ms"
 """Model config parameter setting the model's p99 latency target in ms (0: greedy batching)."""
 BATCH_SHAPES_PARAMETER = "batch_shapes"
 """Model config parameter: "auto" (the default), "off", or the row counts batches are padded up to."""
+BATCH_HOLD_PARAMETER = "batch_hold"
+"""Model config parameter: "auto" (the default: hold batches at high load, batching/hold.py) or "off"."""
 
 
 def _queue_policy(policy: mc.ModelQueuePolicy) -> QueuePolicy:
@@ -85,6 +87,18 @@ def batch_shapes(config: mc.ModelConfig, device: str) -> tuple[int, ...]:
     return tuple(sorted({*sizes, config.max_batch_size}))
 
 
+def batch_hold(config: mc.ModelConfig) -> bool:
+    """Whether a batch may wait for more rows at high load (BatchPolicy.hold; parameter `batch_hold`)."""
+    parameter = config.parameters.get(BATCH_HOLD_PARAMETER)
+    text = parameter.string_value.strip().lower() if parameter is not None else "auto"
+    if text not in ("auto", "off"):
+        raise ModelLoadError(
+            f"model {config.name!r}: parameter {BATCH_HOLD_PARAMETER} must be \"auto\" (hold batches for more "
+            f"rows at high load) or \"off\" (strictly greedy), got {parameter.string_value if parameter else ''!r}"
+        )
+    return text == "auto"
+
+
 def batch_policy(config: mc.ModelConfig, default_latency_target_ms: float = 0.0, device: str = "cpu") -> BatchPolicy:
     """The BatchPolicy of a completed config; without dynamic_batching each request runs alone.
 
@@ -103,4 +117,5 @@ def batch_policy(config: mc.ModelConfig, default_latency_target_ms: float = 0.0,
         queue_policies={level: _queue_policy(p) for level, p in batching.priority_queue_policy.items()},
         latency_target_ms=latency_target_ms(config, default_latency_target_ms) if dynamic else 0.0,
         batch_shapes=batch_shapes(config, device),
+        hold=batch_hold(config),
     )

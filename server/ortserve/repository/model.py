@@ -20,7 +20,12 @@ from ortserve.errors import ModelLoadError
 from ortserve.observability import DriftMonitor, DriftOptions, ModelStats, RequestSpan, Tracing
 from ortserve.observability.drift import REFERENCE_FILE
 from ortserve.repository.accelerators import DEPRECATED_PARAMETERS, cuda_provider_options
-from ortserve.repository.batch_policy import BATCH_SHAPES_PARAMETER, LATENCY_TARGET_PARAMETER, batch_policy
+from ortserve.repository.batch_policy import (
+    BATCH_HOLD_PARAMETER,
+    BATCH_SHAPES_PARAMETER,
+    LATENCY_TARGET_PARAMETER,
+    batch_policy,
+)
 from ortserve.repository.cache import CacheView
 from ortserve.repository.model_config import GraphTensor, complete_config, unhonoured_fields
 from ortserve.repository.routing import WEIGHTS_PARAMETER
@@ -34,6 +39,7 @@ log = logging.getLogger("ortserve.repository")
 MODEL_PARAMETERS = {
     LATENCY_TARGET_PARAMETER,
     BATCH_SHAPES_PARAMETER,
+    BATCH_HOLD_PARAMETER,
     REJECT_NONFINITE_PARAMETER,
     WEIGHTS_PARAMETER,
     *DEPRECATED_PARAMETERS,
