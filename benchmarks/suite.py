@@ -1,6 +1,6 @@
 """The benchmark suite of issue 3: ortserve against its ceilings, on one machine, in one run.
 
-    python -m benchmarks                      # full run (about 7 min), writes docs/performance.md
+    python -m benchmarks                      # full run (about 8 min), writes docs/performance.md
     python -m benchmarks --quick              # smoke (about 1-2 min), writes nothing unless --write
     python -m benchmarks --mode table         # only the server table
     python -m benchmarks --mode latency-target   # either half: prints only, unless --write FILE
@@ -10,7 +10,8 @@ Steps of a run (`main`), one module each:
 1. models.py: build a tiny MLP (RPC cost dominates) and a small CNN (compute dominates, about
    1 ms per item at batch 1) in a temporary directory, with complete config.pbtxt files: the
    bare servers' repository, ortserve's (`<model>_batching` with `dynamic_batching { }`,
-   `<model>_nobatch` with max_batch_size and no scheduler) and the latency-target mode's.
+   `<model>_greedy` the same with `batch_hold` off, `<model>_nobatch` with max_batch_size and no
+   scheduler) and the latency-target mode's.
 2. table.py: start the RPC ceiling and the baseline (bare_server.py) and ortserve (servers.py),
    each in its own process with the same ONNX Runtime thread budget (inprocess.py). For each
    repeat and model: sweep in-process ONNX Runtime over batch sizes 1..64 (the compute ceiling is
@@ -195,6 +196,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         paths = {m: models.write_model(root / "bare", m, specs[m]) for m in MODELS}
         for m in MODELS:
             models.write_model(root / "ortserve", f"{m}_batching", specs[m], "dynamic_batching { }")
+            models.write_model(
+                root / "ortserve", f"{m}_greedy", specs[m], "dynamic_batching { }", {"batch_hold": "off"}
+            )
             models.write_model(root / "ortserve", f"{m}_nobatch", specs[m])
         if args.mode in ("all", "table"):
             print("table: in-process sweep, then the servers", flush=True)

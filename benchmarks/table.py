@@ -16,12 +16,13 @@ from benchmarks.report import median, summary
 LEVELS = (1, 8, 32, 64)
 BATCHES = (1, 2, 4, 8, 16, 32, 64)
 MODELS = ("mlp", "cnn")
-SERVERS = ("rpc-ceiling", "baseline", "ortserve", "ortserve-nobatch")
+SERVERS = ("rpc-ceiling", "baseline", "ortserve", "ortserve-greedy", "ortserve-nobatch")
 LABELS = {
     "inprocess": "in-process ORT",
     "rpc-ceiling": "RPC ceiling (bare echo)",
     "baseline": "baseline (no batching)",
     "ortserve": "ortserve, batching",
+    "ortserve-greedy": "ortserve, batching, batch_hold off",
     "ortserve-nobatch": "ortserve, no dynamic_batching",
 }
 
@@ -54,6 +55,7 @@ def run_table(
         "rpc-ceiling": "{m}",
         "baseline": "{m}",
         "ortserve": "{m}_batching",
+        "ortserve-greedy": "{m}_greedy",
         "ortserve-nobatch": "{m}_nobatch",
     }
     with (
@@ -61,7 +63,13 @@ def run_table(
         servers.bare(bare_repo, "ort", bench.threads) as baseline,
         servers.ortserve(ortserve_repo, bench.threads) as ortserve,
     ):
-        procs = {"rpc-ceiling": echo, "baseline": baseline, "ortserve": ortserve, "ortserve-nobatch": ortserve}
+        procs = {
+            "rpc-ceiling": echo,
+            "baseline": baseline,
+            "ortserve": ortserve,
+            "ortserve-greedy": ortserve,
+            "ortserve-nobatch": ortserve,
+        }
         turn = itertools.count()
         for r in range(profile.repeats):
             for m in MODELS:
