@@ -91,6 +91,7 @@ def config_text(
     instances: int = 1,
     cudnn_search: str = "",
     batch_shapes: str = "",
+    batch_hold: str = "",
 ) -> str:
     dims = ", ".join(str(d) for d in spec.input_dims)
     kind = "KIND_GPU" if device == "cuda" else "KIND_CPU"
@@ -112,6 +113,7 @@ def config_text(
             if cudnn_search
             else "",
             f'parameters {{ key: "batch_shapes" value {{ string_value: "{batch_shapes}" }} }}' if batch_shapes else "",
+            f'parameters {{ key: "batch_hold" value {{ string_value: "{batch_hold}" }} }}' if batch_hold else "",
             "",
         ]
     )
@@ -433,7 +435,9 @@ def run(args: argparse.Namespace) -> int:
             except OSError:
                 shutil.copyfile(path, version / "model.onnx")
             (version.parent / "config.pbtxt").write_text(
-                config_text(spec, args.max_batch_size, args.device, n, args.cudnn_search, args.batch_shapes)
+                config_text(
+                    spec, args.max_batch_size, args.device, n, args.cudnn_search, args.batch_shapes, args.batch_hold
+                )
             )
             repos[n] = version.parent.parent
         print(f"model built in {time.perf_counter() - started:.0f} s; in-process session", flush=True)
@@ -441,6 +445,7 @@ def run(args: argparse.Namespace) -> int:
         env["providers"] = ", ".join(session.get_providers())
         env["cudnn_conv_algo_search"] = args.cudnn_search or "EXHAUSTIVE (ONNX Runtime's default)"
         env["batch_shapes"] = args.batch_shapes or "auto (left out of the config)"
+        env["batch_hold"] = args.batch_hold or "auto (left out of the config)"
         print(f"providers: {env['providers']}; warming up every batch size", flush=True)
         for b in args.batches:
             for variant in VARIANTS:
@@ -584,6 +589,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="",
         help="the model's batch_shapes parameter (auto, off, or a list such as 1,8,64,128); '': left out (auto: "
         "on CUDA batches are padded to a few shapes, each warmed up at load)",
+    )
+    parser.add_argument(
+        "--batch-hold",
+        choices=["auto", "off", ""],
+        default="",
+        help="the model's batch_hold parameter ('': left out, i.e. auto: at high load a batch may wait for more "
+        "rows while requests arrive faster than its handoff costs; off: strictly greedy)",
     )
     parser.add_argument("--json", type=Path, help="write every sample and the verdict here")
     args = parser.parse_args(argv)

@@ -52,10 +52,25 @@ def test_resnet50_has_its_shape_and_the_tiny_variant_runs(tmp_path: Path) -> Non
     assert y.shape == (3, *tiny.output_dims) and np.isfinite(y).all()
 
 
+def test_the_server_config_carries_the_batching_parameters_asked_for() -> None:
+    from google.protobuf import text_format
+
+    from benchmarks.gpu import config_text
+    from ortserve.repository.batch_policy import batch_policy
+    from ortserve_client.proto import model_config_pb2 as mc
+
+    spec = resnet.resnet(**resnet.TINY)
+    asked = text_format.Parse(config_text(spec, 64, "cpu", 1, "", "1,8", "off"), mc.ModelConfig())
+    policy = batch_policy(asked, device="cpu")
+    assert policy.batch_shapes == (1, 8, 64) and not policy.hold
+    default = batch_policy(text_format.Parse(config_text(spec, 64, "cuda"), mc.ModelConfig()), device="cuda")
+    assert default.hold and default.batch_shapes[-1] == 64
+
+
 def test_cpu_smoke_prints_the_table_and_a_verdict(tmp_path: Path) -> None:
     done, result = _benchmark(
         tmp_path, "--device", "cpu", "--instances", "1,2", "--diagnose-s", "0.1",
-        "--server-arg=--gil-switch-interval-ms=0.5", "--batch-shapes", "1,8,64", *SMOKE,
+        "--server-arg=--gil-switch-interval-ms=0.5", "--batch-shapes", "1,8,64", "--batch-hold", "off", *SMOKE,
     )
     assert done.returncode in (0, 3), done.stdout + done.stderr  # met or missed: both are a finished run
     assert "in-process ORT, IO binding, host input, best batch" in done.stdout
@@ -75,6 +90,7 @@ def test_cpu_smoke_prints_the_table_and_a_verdict(tmp_path: Path) -> None:
     assert "session.run paths at batch 64" in done.stdout
     assert "providers ['CPUExecutionProvider']" in done.stdout  # the servers' log, echoed
     assert result["server_args"] == ["--gil-switch-interval-ms=0.5"]
+    assert result["env"]["batch_shapes"] == "1,8,64" and result["env"]["batch_hold"] == "off"
     # The first run at unseen batch sizes, in-process and on an ortserve instance.
     shapes = result["env"]["new_shapes"]
     assert [c["name"] for c in shapes] == ["in-process session.run", "ortserve instance"]
