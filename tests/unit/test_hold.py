@@ -11,6 +11,7 @@ import time
 
 from ortserve.batching import BatchPolicy, DynamicBatcher
 from ortserve.batching.hold import HOLD_FACTOR, QUIET, BatchHold
+from ortserve.errors import DeadlineExceededError
 from tests.unit.test_batcher import Runner, run, until, x
 
 US = 1_000
@@ -236,6 +237,28 @@ def test_a_request_cancelled_during_a_hold_is_never_computed() -> None:
         results = await asyncio.gather(*tasks, return_exceptions=True)
         await b.close()
         assert isinstance(results[1], asyncio.CancelledError)
+        assert [call["x"][:, 0].tolist() for call in runner.calls] == [[0.0, 2.0]]
+
+    run(main)
+
+
+def test_a_request_whose_deadline_passes_during_a_hold_is_never_computed() -> None:
+    async def main() -> None:
+        runner = Runner()
+        b = DynamicBatcher("m_1", [runner], BatchPolicy(max_batch_size=16))
+        b.start()
+        seed(b, 80 * MS, 2 * MS)
+        first = asyncio.create_task(b.submit({"x": x(1, 0.0)}, rows=1))
+        await asyncio.sleep(0.002)
+        doomed = asyncio.create_task(
+            b.submit({"x": x(1, 1.0)}, rows=1, deadline_ns=time.monotonic_ns() + 20 * MS)
+        )
+        await asyncio.sleep(0.002)
+        last = asyncio.create_task(b.submit({"x": x(1, 2.0)}, rows=1))
+        results = await asyncio.gather(first, doomed, last, return_exceptions=True)
+        await b.close()
+        assert isinstance(results[1], DeadlineExceededError)
+        assert "not computed" in str(results[1])
         assert [call["x"][:, 0].tolist() for call in runner.calls] == [[0.0, 2.0]]
 
     run(main)
