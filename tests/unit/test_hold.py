@@ -118,6 +118,8 @@ def test_at_high_load_an_idle_instance_waits_for_the_stream_then_takes_it_in_one
         await b.close()
         assert runner.rows == [5]  # the first request found the instance idle, yet waited for the rest
         assert waited >= 0.060  # until one handoff's cost passed after the last arrival
+        hold = b.hold
+        assert hold is not None and hold.holds == 1 and 0.060e9 <= hold.held_ns <= waited * 1e9
 
     run(main)
 

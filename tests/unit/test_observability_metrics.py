@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector
 
 from ortserve.app import OrtServer
 from ortserve.batching.controller import ADMIT_FRACTION, RETRY_TARGETS, LatencyController
+from ortserve.batching.hold import BatchHold
 from ortserve.config import ServerSettings
 from ortserve.dataplane import DataPlane, InferRequest
 from ortserve.errors import InvalidInputError
@@ -44,6 +45,9 @@ ORTSERVE_FAMILIES = {
     "ortserve_compute_duration_seconds": "histogram",
     "ortserve_batch_size": "histogram",
     "ortserve_pending_requests_per_instance": "gauge",
+    "ortserve_batch_handoff_seconds": "gauge",
+    "ortserve_batch_holds": "counter",
+    "ortserve_batch_hold_seconds": "counter",
     "ortserve_latency_target_seconds": "gauge",
     "ortserve_latency_target_admission_bound_seconds": "gauge",
     "ortserve_latency_target_batch_cap": "gauge",
@@ -108,6 +112,7 @@ class Load:
     running_requests: int
     instances: int
     controller: LatencyController | None = None
+    hold: BatchHold | None = None
 
 
 def test_ortserve_families_from_known_statistics() -> None:
@@ -166,6 +171,21 @@ def test_latency_target_gauges_follow_the_controller_of_a_targeted_version_only(
     assert value(registry, "ortserve_latency_target_batch_cap", **t) == 12
     shrunk = value(registry, "ortserve_latency_target_admission_bound_seconds", **t)
     assert shrunk is not None and shrunk < 0.5 * bound
+
+
+def test_batch_hold_families_follow_the_hold_of_a_version_that_has_one() -> None:
+    hold = BatchHold()
+    hold.observe(300_000)
+    hold.holds, hold.held_ns = 7, 2_500_000
+    registry = CollectorRegistry()
+    stats = [("h", "1", ModelStats()), ("g", "1", ModelStats())]
+    loads = [("h", "1", Load(0, 0, 1, hold=hold)), ("g", "1", Load(0, 0, 1))]
+    registry.register(OrtserveCollector(lambda: stats, lambda: loads))
+    h = {"model": "h", "version": "1"}
+    assert value(registry, "ortserve_batch_handoff_seconds", **h) == pytest.approx(0.0003)
+    assert value(registry, "ortserve_batch_holds_total", **h) == 7
+    assert value(registry, "ortserve_batch_hold_seconds_total", **h) == pytest.approx(0.0025)
+    assert value(registry, "ortserve_batch_holds_total", model="g", version="1") is None  # strictly greedy: none
 
 
 def test_triton_pending_count_is_the_queue_only() -> None:

@@ -407,12 +407,15 @@ class DynamicBatcher:
             stop = min(stop, batch[0].enqueued_ns + self._delay_ns)
         # Held here while waiting, so that close() can see and, if cancelled, fail them.
         self._forming = batch
+        start = now
         while rows < target and now < stop and hold.flowing(now, period_ns):
             await asyncio.sleep(0)  # one loop iteration: requests being read reach the queue
             if self._queue.requests:
                 rows = self._queue.take_compatible(batch, rows, target)
             now = monotonic_ns()
         self._forming = []
+        hold.holds += 1
+        hold.held_ns += now - start
         return rows
 
     async def _pop_live(self) -> Pending:

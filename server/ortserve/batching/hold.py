@@ -42,7 +42,7 @@ WEIGHT = 1 / 16
 class BatchHold:
     """Arrival gaps and handoff costs of one batcher, and the hold they call for. Event loop only."""
 
-    __slots__ = ("overhead_ns", "gap_ns", "last_gap_ns", "last_arrival_ns")
+    __slots__ = ("overhead_ns", "gap_ns", "last_gap_ns", "last_arrival_ns", "holds", "held_ns")
 
     def __init__(self) -> None:
         self.overhead_ns = 0.0
@@ -53,6 +53,10 @@ class BatchHold:
         long); inf until a gap is seen after the first batch ran."""
         self.last_gap_ns = 0
         self.last_arrival_ns: int | None = None
+        self.holds = 0
+        """Batches that waited for more rows (the batcher counts them; read by /metrics)."""
+        self.held_ns = 0
+        """Time those batches waited, in all."""
 
     def arrived(self, now_ns: int) -> None:
         """A request reached the queue at `now_ns` (monotonic)."""

@@ -12,7 +12,8 @@ while the `triton_metrics` setting is on.
 
 `OrtserveCollector`: the `ortserve_*` families, following Prometheus conventions (seconds,
 `_total` counters, histograms), including the autoscaling signal
-`ortserve_pending_requests_per_instance` and, for model versions in latency-target mode, the
+`ortserve_pending_requests_per_instance`, the batch hold's measurements (`ortserve_batch_handoff_seconds`,
+`ortserve_batch_hold{s,_seconds}_total`) and, for model versions in latency-target mode, the
 controller's state (`ortserve_latency_target_*`).
 """
 
@@ -46,6 +47,19 @@ class TargetState(Protocol):
     def batch_cap(self) -> int: ...
 
 
+class HoldState(Protocol):
+    """What a scrape reads of a batcher's hold (batching.hold.BatchHold has these)."""
+
+    @property
+    def overhead_ns(self) -> float: ...
+
+    @property
+    def holds(self) -> int: ...
+
+    @property
+    def held_ns(self) -> int: ...
+
+
 class BatcherLoad(Protocol):
     """What a scrape reads of a model version's batcher (DynamicBatcher has these)."""
 
@@ -60,6 +74,9 @@ class BatcherLoad(Protocol):
 
     @property
     def controller(self) -> TargetState | None: ...
+
+    @property
+    def hold(self) -> HoldState | None: ...
 
 
 LoadSource = Callable[[], Iterable[tuple[str, str, BatcherLoad]]]
@@ -230,9 +247,28 @@ class OrtserveCollector(Collector):
                 ),
             )
         ]
+        handoff = GaugeMetricFamily(
+            "ortserve_batch_handoff_seconds",
+            "What handing a batch to its instance's thread and its answers back to the event loop costs, "
+            "measured (moving average); the batch hold waits only while requests arrive faster than this.",
+            labels=LABELS,
+        )
+        holds = CounterMetricFamily(
+            "ortserve_batch_holds",
+            "Batches that waited for more rows at high load (the batch hold; batch_hold auto).",
+            labels=LABELS,
+        )
+        held = CounterMetricFamily(
+            "ortserve_batch_hold_seconds", "Time batches spent waiting for more rows (the batch hold).", labels=LABELS
+        )
         for model, version, batcher in self._load() if self._load is not None else ():
             labels = (model, version)
             pending.add_metric(labels, (batcher.queued_requests + batcher.running_requests) / max(batcher.instances, 1))
+            hold = batcher.hold
+            if hold is not None:
+                handoff.add_metric(labels, hold.overhead_ns / 1e9)
+                holds.add_metric(labels, hold.holds)
+                held.add_metric(labels, hold.held_ns / 1e9)
             controller = batcher.controller
             if controller is not None:
                 for gauge, reading in zip(
@@ -247,4 +283,7 @@ class OrtserveCollector(Collector):
                 ):
                     gauge.add_metric(labels, reading)
         yield pending
+        yield handoff
+        yield holds
+        yield held
         yield from targets
