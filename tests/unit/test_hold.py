@@ -264,3 +264,19 @@ def test_a_request_whose_deadline_passes_during_a_hold_is_never_computed() -> No
         assert [call["x"][:, 0].tolist() for call in runner.calls] == [[0.0, 2.0]]
 
     run(main)
+
+
+def test_closing_during_a_hold_answers_the_held_requests() -> None:
+    async def main() -> None:
+        runner = Runner()
+        b = DynamicBatcher("m_1", [runner], BatchPolicy(max_batch_size=16))
+        b.start()
+        seed(b, 80 * MS, 2 * MS)
+        tasks = await stream(b, 3, 0.002)
+        assert runner.calls == []  # still held
+        await b.close(timeout_s=5)
+        results = await asyncio.gather(*tasks)
+        assert [float(r.outputs["y"][0, 0]) for r in results] == [0.0, 2.0, 4.0]  # type: ignore[attr-defined]
+        assert runner.rows == [3]
+
+    run(main)
