@@ -96,6 +96,16 @@ def seed(b: DynamicBatcher, overhead_ns: int, gap_ns: int) -> None:
         hold.arrived(now - k * gap_ns)
 
 
+def batcher(policy: BatchPolicy, overhead_ns: int | None = None) -> tuple[DynamicBatcher, Runner]:
+    """A started one-instance batcher; with `overhead_ns`, its hold seeded to see high load (seed())."""
+    runner = Runner()
+    b = DynamicBatcher("m_1", [runner], policy)
+    b.start()
+    if overhead_ns is not None:
+        seed(b, overhead_ns, 2 * MS)
+    return b, runner
+
+
 async def stream(b: DynamicBatcher, count: int, gap_s: float) -> list[asyncio.Task[object]]:
     """Submit `count` one-row requests `gap_s` apart; their tasks, in order."""
     tasks: list[asyncio.Task[object]] = []
@@ -107,10 +117,7 @@ async def stream(b: DynamicBatcher, count: int, gap_s: float) -> list[asyncio.Ta
 
 def test_at_high_load_an_idle_instance_waits_for_the_stream_then_takes_it_in_one_batch() -> None:
     async def main() -> None:
-        runner = Runner()
-        b = DynamicBatcher("m_1", [runner], BatchPolicy(max_batch_size=16))
-        b.start()
-        seed(b, 60 * MS, 2 * MS)
+        b, runner = batcher(BatchPolicy(max_batch_size=16), 60 * MS)
         started = time.monotonic()
         tasks = await stream(b, 5, 0.002)
         await asyncio.gather(*tasks)
@@ -126,9 +133,7 @@ def test_at_high_load_an_idle_instance_waits_for_the_stream_then_takes_it_in_one
 
 def test_strictly_greedy_without_the_hold() -> None:
     async def main() -> None:
-        runner = Runner()
-        b = DynamicBatcher("m_1", [runner], BatchPolicy(max_batch_size=16, hold=False))
-        b.start()
+        b, runner = batcher(BatchPolicy(max_batch_size=16, hold=False))
         assert b.hold is None
         tasks = await stream(b, 5, 0.002)
         await asyncio.gather(*tasks)
@@ -140,10 +145,7 @@ def test_strictly_greedy_without_the_hold() -> None:
 
 def test_a_hold_ends_at_the_target_rows() -> None:
     async def main() -> None:
-        runner = Runner()
-        b = DynamicBatcher("m_1", [runner], BatchPolicy(max_batch_size=8, preferred_batch_sizes=(4,)))
-        b.start()
-        seed(b, 1000 * MS, 2 * MS)
+        b, runner = batcher(BatchPolicy(max_batch_size=8, preferred_batch_sizes=(4,)), 1000 * MS)
         started = time.monotonic()
         tasks = await stream(b, 4, 0.002)
         await until(lambda: len(runner.calls) == 1)
@@ -158,10 +160,7 @@ def test_a_hold_ends_at_the_target_rows() -> None:
 
 def test_a_hold_never_exceeds_its_bound_even_while_requests_keep_coming() -> None:
     async def main() -> None:
-        runner = Runner()
-        b = DynamicBatcher("m_1", [runner], BatchPolicy(max_batch_size=64))
-        b.start()
-        seed(b, 10 * MS, 2 * MS)
+        b, runner = batcher(BatchPolicy(max_batch_size=64), 10 * MS)
         started = time.monotonic()
         feeding = asyncio.create_task(stream(b, 60, 0.002))  # 120 ms of arrivals
         await until(lambda: len(runner.calls) >= 1)
@@ -179,10 +178,7 @@ def test_a_hold_never_exceeds_its_bound_even_while_requests_keep_coming() -> Non
 
 def test_max_queue_delay_bounds_the_hold() -> None:
     async def main() -> None:
-        runner = Runner()
-        b = DynamicBatcher("m_1", [runner], BatchPolicy(max_batch_size=64, max_queue_delay_us=20_000))
-        b.start()
-        seed(b, 500 * MS, 2 * MS)
+        b, runner = batcher(BatchPolicy(max_batch_size=64, max_queue_delay_us=20_000), 500 * MS)
         started = time.monotonic()
         feeding = asyncio.create_task(stream(b, 60, 0.002))
         await until(lambda: len(runner.calls) >= 1)
@@ -196,9 +192,7 @@ def test_max_queue_delay_bounds_the_hold() -> None:
 
 def test_a_lone_request_after_a_quiet_spell_runs_at_once() -> None:
     async def main() -> None:
-        runner = Runner()
-        b = DynamicBatcher("m_1", [runner], BatchPolicy(max_batch_size=16))
-        b.start()
+        b, runner = batcher(BatchPolicy(max_batch_size=16))
         hold = b.hold
         assert hold is not None
         hold.observe(100 * MS)
@@ -230,10 +224,7 @@ def test_the_batcher_measures_its_handoffs() -> None:
 
 def test_a_request_cancelled_during_a_hold_is_never_computed() -> None:
     async def main() -> None:
-        runner = Runner()
-        b = DynamicBatcher("m_1", [runner], BatchPolicy(max_batch_size=16))
-        b.start()
-        seed(b, 80 * MS, 2 * MS)
+        b, runner = batcher(BatchPolicy(max_batch_size=16), 80 * MS)
         tasks = await stream(b, 3, 0.002)
         tasks[1].cancel()
         results = await asyncio.gather(*tasks, return_exceptions=True)
@@ -246,10 +237,7 @@ def test_a_request_cancelled_during_a_hold_is_never_computed() -> None:
 
 def test_a_request_whose_deadline_passes_during_a_hold_is_never_computed() -> None:
     async def main() -> None:
-        runner = Runner()
-        b = DynamicBatcher("m_1", [runner], BatchPolicy(max_batch_size=16))
-        b.start()
-        seed(b, 80 * MS, 2 * MS)
+        b, runner = batcher(BatchPolicy(max_batch_size=16), 80 * MS)
         first = asyncio.create_task(b.submit({"x": x(1, 0.0)}, rows=1))
         await asyncio.sleep(0.002)
         doomed = asyncio.create_task(
@@ -268,10 +256,7 @@ def test_a_request_whose_deadline_passes_during_a_hold_is_never_computed() -> No
 
 def test_closing_during_a_hold_answers_the_held_requests() -> None:
     async def main() -> None:
-        runner = Runner()
-        b = DynamicBatcher("m_1", [runner], BatchPolicy(max_batch_size=16))
-        b.start()
-        seed(b, 80 * MS, 2 * MS)
+        b, runner = batcher(BatchPolicy(max_batch_size=16), 80 * MS)
         tasks = await stream(b, 3, 0.002)
         assert runner.calls == []  # still held
         await b.close(timeout_s=5)
