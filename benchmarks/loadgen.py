@@ -72,8 +72,13 @@ def measure(
     timeout_s: float = 300,
     max_threads: int = 1,
     batch: int = 1,
+    rate: float = 0,
 ) -> Measurement:
-    """Closed loop: `concurrency` requests of `batch` rows always in flight, until three windows are done."""
+    """Closed loop: `concurrency` requests of `batch` rows always in flight, until three windows are done.
+
+    With `rate` > 0 instead an open loop: requests sent at `rate` a second, Poisson-spaced, however
+    fast the server answers (`concurrency` is then ignored; perf_analyzer needs more than one
+    thread to keep a schedule: give `max_threads`)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "pa.csv"
         command = [
@@ -87,8 +92,11 @@ def measure(
             "-b",
             str(batch),
             "--async",
-            "--concurrency-range",
-            f"{concurrency}:{concurrency}",
+            *(
+                ["--request-rate-range", f"{rate:g}:{rate:g}", "--request-distribution", "poisson"]
+                if rate > 0
+                else ["--concurrency-range", f"{concurrency}:{concurrency}"]
+            ),
             "--measurement-mode",
             "count_windows",
             "--measurement-request-count",
