@@ -10,7 +10,7 @@ import asyncio
 import time
 
 from ortserve.batching import BatchPolicy, DynamicBatcher
-from ortserve.batching.hold import HOLD_FACTOR, QUIET, BatchHold
+from ortserve.batching.hold import HOLD_FACTOR, HOLD_TARGET_SHARE, QUIET, BatchHold
 from ortserve.errors import DeadlineExceededError
 from tests.unit.test_batcher import Runner, run, until, x
 
@@ -263,5 +263,23 @@ def test_closing_during_a_hold_answers_the_held_requests() -> None:
         results = await asyncio.gather(*tasks)
         assert [float(r.outputs["y"][0, 0]) for r in results] == [0.0, 2.0, 4.0]  # type: ignore[attr-defined]
         assert runner.rows == [3]
+
+    run(main)
+
+
+def test_in_latency_target_mode_a_hold_spends_only_a_share_of_the_target() -> None:
+    async def main() -> None:
+        b, runner = batcher(BatchPolicy(max_batch_size=64, latency_target_ms=40), 500 * MS)
+        controller = b.controller
+        assert controller is not None
+        budget_s = HOLD_TARGET_SHARE * controller.setpoint_ns / 1e9  # 6 ms
+        started = time.monotonic()
+        feeding = asyncio.create_task(stream(b, 40, 0.002))
+        await until(lambda: len(runner.calls) >= 1)
+        first_ran = time.monotonic() - started
+        await asyncio.gather(*await feeding)
+        await b.close()
+        assert first_ran < budget_s + 0.030  # not 8 x 500 ms
+        assert runner.rows[0] < 40
 
     run(main)

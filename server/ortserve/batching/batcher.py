@@ -42,7 +42,7 @@ from typing import cast
 import numpy as np
 
 from ortserve.batching.controller import LatencyController
-from ortserve.batching.hold import HOLD_FACTOR, BatchHold
+from ortserve.batching.hold import HOLD_FACTOR, HOLD_TARGET_SHARE, BatchHold
 from ortserve.batching.policy import BatchPolicy
 from ortserve.batching.queue import Pending, RequestQueue
 from ortserve.batching.shapes import ShapePlanner
@@ -405,6 +405,8 @@ class DynamicBatcher:
         stop = now + HOLD_FACTOR * period_ns
         if self._delay_ns:
             stop = min(stop, batch[0].enqueued_ns + self._delay_ns)
+        if self._controller is not None:  # a small share of the latency target's budget, whatever o is
+            stop = min(stop, batch[0].enqueued_ns + int(HOLD_TARGET_SHARE * self._controller.setpoint_ns))
         # Held here while waiting, so that close() can see and, if cancelled, fail them.
         self._forming = batch
         start = now

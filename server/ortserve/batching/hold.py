@@ -17,7 +17,8 @@ measured per batch: moving average) and g the mean gap between arrivals (moving 
 - while it waits it takes every arrival, and it stops as soon as o passes without one: waiting
   longer for one more request than a handoff costs never pays (ski rental, per arrival);
 - it never waits more than HOLD_FACTOR x o in all, nor past `max_queue_delay_microseconds` when
-  that is set, and stops at the batch's target rows.
+  that is set, nor, in latency-target mode, past HOLD_TARGET_SHARE of the controller's setpoint
+  after its first request arrived; and it stops at the batch's target rows.
 
 The batcher task waits by yielding to the event loop (one loop iteration at a time), not by
 timers: uvloop's timers tick in whole milliseconds, an order of magnitude coarser than o.
@@ -31,6 +32,11 @@ HOLD_FACTOR = 8
 """A held batch waits at most this many handoff costs: the handoff then weighs at most about a
 ninth of the batch's wait. Measured on the sandbox's MLP at concurrency 8, 32 and 64 (4, 8, 16
 tried): 8 gave the highest throughput at each, 16 no more rows per CPU second than 8."""
+
+HOLD_TARGET_SHARE = 0.25
+"""In latency-target mode a held batch also stops this share of the controller's setpoint (the
+batcher's time budget, controller.SETPOINT x target) after its first request arrived: the hold
+must not spend what the target leaves for queueing and running."""
 
 QUIET = 2
 """A gap of this many handoff costs or more is a quiet spell: the request after it never waits."""
