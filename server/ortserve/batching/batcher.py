@@ -410,7 +410,15 @@ class DynamicBatcher:
         # Held here while waiting, so that close() can see and, if cancelled, fail them.
         self._forming = batch
         start = now
-        while rows < target and now < stop and hold.flowing(now, period_ns):
+        checked = 0
+        while True:
+            if len(batch) > checked:  # a request's deadline ends the hold one handoff before it
+                for item in batch[checked:]:
+                    if item.deadline_ns is not None:
+                        stop = min(stop, item.deadline_ns - period_ns)
+                checked = len(batch)
+            if rows >= target or now >= stop or not hold.flowing(now, period_ns):
+                break
             await asyncio.sleep(0)  # one loop iteration: requests being read reach the queue
             if self._queue.requests:
                 rows = self._queue.take_compatible(batch, rows, target)
