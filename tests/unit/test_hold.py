@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from ortserve.batching import BatchPolicy, DynamicBatcher
+from ortserve.batching import BatchPolicy, DynamicBatcher, QueuePolicy
 from ortserve.batching.hold import HOLD_FACTOR, HOLD_TARGET_SHARE, QUIET, BatchHold
 from tests.unit.test_batcher import Runner, run, until, x
 
@@ -277,5 +277,20 @@ def test_a_held_requests_deadline_ends_the_hold_in_time_to_answer_it() -> None:
         await b.close()
         assert float(results[1].outputs["y"][0, 0]) == 2.0  # answered, not DEADLINE_EXCEEDED
         assert runner.rows == [2] and waited < 0.060  # a hold of one 80 ms handoff would have missed it
+
+    run(main)
+
+
+def test_a_held_requests_queue_timeout_ends_the_hold_in_time_to_answer_it() -> None:
+    async def main() -> None:
+        policy = BatchPolicy(max_batch_size=16, default_queue_policy=QueuePolicy(default_timeout_us=50_000))
+        b, runner = batcher(policy, 40 * MS)
+        started = time.monotonic()
+        results = await asyncio.gather(*await stream(b, 2, 0.002))
+        waited = time.monotonic() - started
+        await b.close()
+        assert [float(r.outputs["y"][0, 0]) for r in results] == [0.0, 2.0]  # type: ignore[attr-defined]
+        # Stopped 40 ms (one handoff) before the first request's 50 ms timeout, not 40 ms after the last arrival.
+        assert runner.rows == [2] and waited < 0.030
 
     run(main)

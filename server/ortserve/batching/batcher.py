@@ -320,6 +320,8 @@ class DynamicBatcher:
             queue_timeout_us = timeout_us
         if queue_timeout_us > 0:
             action = self._delay if policy.delay_on_timeout else self._expire
+            if not policy.delay_on_timeout:
+                item.reject_ns = now + queue_timeout_us * 1000
             why = f" (its queue timeout of {queue_timeout_us / 1000:g} ms)"
             item.timers.append(loop.call_later(queue_timeout_us / 1e6, action, item, why))
         if item.deadline_ns is not None and item.deadline_ns - now <= DEADLINE_TIMER_HORIZON_NS:
@@ -412,10 +414,12 @@ class DynamicBatcher:
         start = now
         checked = 0
         while True:
-            if len(batch) > checked:  # a request's deadline ends the hold one handoff before it
+            if len(batch) > checked:  # a request's deadline or queue timeout ends the hold a handoff before it
                 for item in batch[checked:]:
                     if item.deadline_ns is not None:
                         stop = min(stop, item.deadline_ns - period_ns)
+                    if item.reject_ns is not None:
+                        stop = min(stop, item.reject_ns - period_ns)
                 checked = len(batch)
             if rows >= target or now >= stop or not hold.flowing(now, period_ns):
                 break

@@ -18,8 +18,8 @@ measured per batch: moving average) and g the mean gap between arrivals (moving 
   longer for one more request than a handoff costs never pays (ski rental, per arrival);
 - it never waits more than HOLD_FACTOR x o in all, nor past `max_queue_delay_microseconds` when
   that is set, nor, in latency-target mode, past HOLD_TARGET_SHARE of the controller's setpoint
-  after its first request arrived, nor closer than o to the deadline of a request it holds; and
-  it stops at the batch's target rows.
+  after its first request arrived, nor closer than o to the deadline or queue timeout (REJECT) of
+  a request it holds; and it stops at the batch's target rows.
 
 The batcher task waits by yielding to the event loop (one loop iteration at a time), not by
 timers: uvloop's timers tick in whole milliseconds, an order of magnitude coarser than o.

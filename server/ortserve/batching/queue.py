@@ -35,6 +35,8 @@ class Pending:
     timers: list[asyncio.TimerHandle]
     queued: bool = False
     delayed: bool = False
+    reject_ns: int | None = None
+    """When its queue timeout rejects it (monotonic), if it has one whose action is REJECT."""
 
 
 class RequestQueue:
