@@ -7,7 +7,6 @@ machines without a GPU; the CUDA mode runs only where onnxruntime has the CUDA p
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,15 +16,13 @@ import onnxruntime as ort
 import pytest
 
 from benchmarks import resnet
+from tests.e2e import ROOT, need_perf_analyzer
 
-ROOT = Path(__file__).resolve().parents[2]
-PERF_ANALYZER = Path(os.environ.get("PERF_ANALYZER") or ROOT / ".ci/venvs/perf-analyzer/bin/perf_analyzer_wrapped")
 SMOKE = ["--tiny", "--repeats", "1", "--sweep-s", "0.2", "--window-s", "0.2", "--threads", "1", "--pa-threads", "1"]
 
 
 def _benchmark(tmp_path: Path, *args: str, timeout_s: float = 90) -> tuple[subprocess.CompletedProcess[str], dict]:
-    if not os.access(PERF_ANALYZER, os.X_OK):
-        pytest.skip("perf_analyzer is not installed: run .ci/setup-perf-analyzer.sh (CI does)")
+    need_perf_analyzer()
     out = tmp_path / "gpu.json"
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.gpu", *args, "--json", str(out)],

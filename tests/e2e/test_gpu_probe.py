@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
-from pathlib import Path
-
-import pytest
 
 from benchmarks.gpu_probe import worker_stacks
-
-ROOT = Path(__file__).resolve().parents[2]
-PERF_ANALYZER = Path(os.environ.get("PERF_ANALYZER") or ROOT / ".ci/venvs/perf-analyzer/bin/perf_analyzer_wrapped")
+from tests.e2e import ROOT, need_perf_analyzer
 
 
 def test_probe_reports_both_loads_for_each_server_variant() -> None:
-    if not os.access(PERF_ANALYZER, os.X_OK):
-        pytest.skip("perf_analyzer is not installed: run .ci/setup-perf-analyzer.sh (CI does)")
+    need_perf_analyzer()
     done = subprocess.run(
         [
             sys.executable, "-m", "benchmarks.gpu_probe", "--device", "cpu", "--tiny", "--quick", "--threads", "1",

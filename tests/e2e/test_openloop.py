@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-from pathlib import Path
 
-import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-PERF_ANALYZER = Path(os.environ.get("PERF_ANALYZER") or ROOT / ".ci/venvs/perf-analyzer/bin/perf_analyzer_wrapped")
+from tests.e2e import ROOT, need_perf_analyzer
 
 
 def test_both_configs_answer_the_offered_rate_and_the_table_has_a_row_each() -> None:
-    if not os.access(PERF_ANALYZER, os.X_OK):
-        pytest.skip("perf_analyzer is not installed: run .ci/setup-perf-analyzer.sh (CI does)")
+    need_perf_analyzer()
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.openloop", "--rates", "200", "--seconds", "0.5", "--repeats", "1"],
         cwd=ROOT,
