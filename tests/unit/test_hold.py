@@ -113,6 +113,17 @@ async def stream(b: DynamicBatcher, count: int, gap_s: float) -> list[asyncio.Ta
         await asyncio.sleep(gap_s)
     return tasks
 
+async def first_batch_s(b: DynamicBatcher, runner: Runner, count: int) -> float:
+    """Stream `count` requests 2 ms apart; seconds until the first batch ran. Waits for all, closes `b`."""
+    started = time.monotonic()
+    feeding = asyncio.create_task(stream(b, count, 0.002))
+    await until(lambda: len(runner.calls) >= 1)
+    first_ran = time.monotonic() - started
+    await asyncio.gather(*await feeding)
+    await b.close()
+    return first_ran
+
+
 
 def test_at_high_load_an_idle_instance_waits_for_the_stream_then_takes_it_in_one_batch() -> None:
     async def main() -> None:
@@ -160,13 +171,7 @@ def test_a_hold_ends_at_the_target_rows() -> None:
 def test_a_hold_never_exceeds_its_bound_even_while_requests_keep_coming() -> None:
     async def main() -> None:
         b, runner = batcher(BatchPolicy(max_batch_size=64), 10 * MS)
-        started = time.monotonic()
-        feeding = asyncio.create_task(stream(b, 60, 0.002))  # 120 ms of arrivals
-        await until(lambda: len(runner.calls) >= 1)
-        first_ran = time.monotonic() - started
-        tasks = await feeding
-        await asyncio.gather(*tasks)
-        await b.close()
+        first_ran = await first_batch_s(b, runner, 60)
         assert first_ran < 0.110  # at most HOLD_FACTOR x 10 ms (+ slack), not the whole stream
         assert HOLD_FACTOR * 10 * MS < 120 * MS
         assert 1 < runner.rows[0] < 60
@@ -178,12 +183,7 @@ def test_a_hold_never_exceeds_its_bound_even_while_requests_keep_coming() -> Non
 def test_max_queue_delay_bounds_the_hold() -> None:
     async def main() -> None:
         b, runner = batcher(BatchPolicy(max_batch_size=64, max_queue_delay_us=20_000), 500 * MS)
-        started = time.monotonic()
-        feeding = asyncio.create_task(stream(b, 60, 0.002))
-        await until(lambda: len(runner.calls) >= 1)
-        first_ran = time.monotonic() - started
-        await asyncio.gather(*await feeding)
-        await b.close()
+        first_ran = await first_batch_s(b, runner, 60)
         assert first_ran < 0.080  # the 20 ms delay (+ slack), not 8 x 500 ms
 
     run(main)
@@ -253,12 +253,7 @@ def test_in_latency_target_mode_a_hold_spends_only_a_share_of_the_target() -> No
         controller = b.controller
         assert controller is not None
         budget_s = HOLD_TARGET_SHARE * controller.setpoint_ns / 1e9  # 6 ms
-        started = time.monotonic()
-        feeding = asyncio.create_task(stream(b, 40, 0.002))
-        await until(lambda: len(runner.calls) >= 1)
-        first_ran = time.monotonic() - started
-        await asyncio.gather(*await feeding)
-        await b.close()
+        first_ran = await first_batch_s(b, runner, 40)
         assert first_ran < budget_s + 0.030  # not 8 x 500 ms
         assert runner.rows[0] < 40
 
