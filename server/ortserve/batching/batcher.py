@@ -428,8 +428,9 @@ class DynamicBatcher:
                 rows = self._queue.take_compatible(batch, rows, target)
             now = monotonic_ns()
         self._forming = []
-        hold.holds += 1
-        hold.held_ns += now - start
+        if now > start:  # ended before it began (a deadline, the target rows): not a hold
+            hold.holds += 1
+            hold.held_ns += now - start
         return rows
 
     async def _pop_live(self) -> Pending:
