@@ -22,7 +22,10 @@ measured per batch: moving average) and g the mean gap between arrivals (moving 
   a request it holds; and it stops at the batch's target rows.
 
 The batcher task waits by yielding to the event loop (one loop iteration at a time), not by
-timers: uvloop's timers tick in whole milliseconds, an order of magnitude coarser than o.
+timers: uvloop's timers tick in whole milliseconds, an order of magnitude coarser than o. A
+µs-precise wakeup (a Linux timerfd watched by the loop) was measured too and lost 15-20 % of the
+MLP's throughput: the loop then sleeps between arrivals, and waking it for each request's events
+costs more CPU than the polling it replaces (docs/performance.md, fourth session).
 """
 
 from __future__ import annotations
