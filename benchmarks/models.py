@@ -6,6 +6,8 @@
   w, 2w, 4w -> GlobalAveragePool -> MatMul -> [b, 10]. The width w sets the cost; the default
   is calibrated so that one item at batch 1 takes about 1 ms on the 2-core development machine
   (`calibrate_cnn` redoes it elsewhere: `--cnn-width auto`). Compute dominates; a 48 KiB input.
+- `image_mean`: FP32 [b, 3, 224, 224] -> ReduceMean -> [b, 1]. ResNet-50's 602 KB input on a model
+  that costs almost nothing: what receiving large requests costs (benchmarks/bigrequest.py).
 
 `write_repository` lays out a Triton repository whose config.pbtxt files are complete (tensors,
 max_batch_size, one CPU instance), so that the bare servers need no auto-completion. The scheduler
@@ -39,7 +41,7 @@ class ModelSpec:
     """A built model: its ONNX proto and the per-row shapes of its one input and one output."""
 
     kind: str
-    """"mlp" or "cnn"."""
+    """"mlp", "cnn" or "image_mean"."""
     proto: onnx.ModelProto
     input_dims: tuple[int, ...]
     output_dims: tuple[int, ...]
@@ -119,6 +121,19 @@ def cnn(width: int = CNN_DEFAULT_WIDTH, size: int = CNN_SIZE, depth: int = CNN_D
         (CLASSES,),
         f"CNN 3x{size}x{size}, {3 * depth} conv3x3 (width {width}, {2 * width}, {4 * width}), {CLASSES} classes",
     )
+
+
+def image_mean(size: int = 224) -> ModelSpec:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, size, size])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])
+    nodes = [
+        helper.make_node("ReduceMean", ["x"], ["m"], axes=[1, 2, 3], keepdims=0),
+        helper.make_node("Unsqueeze", ["m", "axis"], ["y"]),
+    ]
+    axis = numpy_helper.from_array(np.array([1], np.int64), "axis")
+    graph = helper.make_graph(nodes, "image_mean", [x], [y], [axis])
+    description = f"FP32 [b, 3, {size}, {size}] -> mean -> [b, 1]"
+    return ModelSpec("image_mean", _finish(graph), (3, size, size), (1,), description)
 
 
 def calibrate_cnn(threads: int, target_ms: float = 1.0, widths: tuple[int, ...] = (16, 24, 32, 40, 48, 64)) -> int:

@@ -102,7 +102,9 @@ def bare(repo: Path, mode: str, threads: int) -> Iterator[Proc]:
 
 
 @contextmanager
-def ortserve(repo: Path, threads: int, device: str = "cpu", extra: Sequence[str] = ()) -> Iterator[Proc]:
+def ortserve(
+    repo: Path, threads: int, device: str = "cpu", extra: Sequence[str] = (), env: dict[str, str] | None = None
+) -> Iterator[Proc]:
     args = [
         "--model-repository",
         str(repo),
@@ -121,7 +123,7 @@ def ortserve(repo: Path, threads: int, device: str = "cpu", extra: Sequence[str]
         "info",
         *extra,
     ]
-    with serve_in_subprocess(args, ready_timeout_s=300) as server:
+    with serve_in_subprocess(args, env=env, ready_timeout_s=300) as server:
         yield Proc("ortserve", server.process.pid, server.grpc_target, server.lines)
 
 

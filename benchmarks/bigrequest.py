@@ -1,0 +1,155 @@
+"""What receiving large requests costs one server process: ResNet-50-sized inputs on a free model.
+
+    python -m benchmarks.bigrequest [--rounds 3] [--concurrency 32] [--requests 3000] [--size 224]
+                                    [--arms echo,ortserve,ortserve-malloc-untouched] [--json FILE]
+
+The GPU target (issue 3) needs one server process to take ~4000 one-image requests a second
+(602 KB each); on a GPU the model's cost leaves the CPU, and what remains is this. Serves
+`image_mean` (models.py: FP32 [b, 3, 224, 224] -> mean, almost no compute) and drives each arm
+with perf_analyzer (closed loop, one-image requests), the arms interleaved round by round, one
+fresh server per arm and round. For each it reads, over the measurement: requests answered a
+second, the CPU per request of the server's main thread (the event loop, which receives every
+message) and of the whole process, and the minor page faults per request. Arms:
+
+- `echo`: the bare grpc.aio server answering a precomputed response (the RPC ceiling at this size);
+- `ortserve`: `ortserve serve` as shipped (batching on, one CPU instance);
+- `ortserve-malloc-untouched`: the same with glibc malloc's dynamic thresholds, as a process
+  gets them without `ortserve.app.tune_malloc` (opted out through GLIBC_TUNABLES).
+
+Prints `median [min-max]` per arm and column; `--json` writes every round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from benchmarks import loadgen, models, servers
+
+MODEL = "image_mean"
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+UNTOUCHED_ENV = {"GLIBC_TUNABLES": "glibc.malloc.check=0"}
+"""Names a glibc.malloc tunable (its default value), so tune_malloc leaves malloc alone."""
+
+
+@dataclass(slots=True)
+class Round:
+    arm: str
+    infer_per_s: float
+    loop_us: float
+    """CPU of the server's main thread (its event loop) per request answered."""
+    process_us: float
+    minflt: float
+    """Minor page faults of the server process per request answered."""
+    p50_ms: float
+    error: str = ""
+
+
+def _stat(path: Path) -> tuple[int, int]:
+    """(minor faults, utime + stime ticks) from a /proc stat file."""
+    fields = path.read_text().rsplit(")", 1)[1].split()
+    return int(fields[7]), int(fields[11]) + int(fields[12])
+
+
+def measure(proc: servers.Proc, pa: Path, concurrency: int, requests: int, arm: str) -> Round:
+    ticks = 1e6 / _CLK_TCK
+    main, whole = Path(f"/proc/{proc.pid}/task/{proc.pid}/stat"), Path(f"/proc/{proc.pid}/stat")
+    loadgen.measure(pa, proc.target, MODEL, concurrency, max(200, requests // 10))  # warm-up
+    before = servers.counts(proc.target, MODEL).inferences, _stat(main), _stat(whole)
+    m = loadgen.measure(pa, proc.target, MODEL, concurrency, requests)
+    after = servers.counts(proc.target, MODEL).inferences, _stat(main), _stat(whole)
+    n = max(1, after[0] - before[0])
+    return Round(
+        arm=arm,
+        infer_per_s=m.infer_per_s,
+        loop_us=(after[1][1] - before[1][1]) * ticks / n,
+        process_us=(after[2][1] - before[2][1]) * ticks / n,
+        minflt=(after[2][0] - before[2][0]) / n,
+        p50_ms=m.p50_ms,
+        error=m.error,
+    )
+
+
+def _arms(repo: Path, threads: int) -> dict[str, Callable[[], AbstractContextManager[servers.Proc]]]:
+    return {
+        "echo": lambda: servers.bare(repo, "echo", threads),
+        "ortserve": lambda: servers.ortserve(repo, threads),
+        "ortserve-malloc-untouched": lambda: servers.ortserve(repo, threads, env=UNTOUCHED_ENV),
+    }
+
+
+def summarize(rounds: list[Round], arm: str) -> dict[str, tuple[float, float, float]]:
+    """Per column of one arm: (median, min, max) over its rounds without errors."""
+    mine = [r for r in rounds if r.arm == arm and not r.error]
+    out: dict[str, tuple[float, float, float]] = {}
+    for column in ("infer_per_s", "loop_us", "process_us", "minflt", "p50_ms"):
+        values = [getattr(r, column) for r in mine]
+        if values:
+            out[column] = (statistics.median(values), min(values), max(values))
+    return out
+
+
+def _table(rounds: list[Round], arms: list[str]) -> Iterator[str]:
+    yield "| arm | infer/s | loop µs/req | process µs/req | minor faults/req | p50 ms |"
+    yield "|:--|--:|--:|--:|--:|--:|"
+    for arm in arms:
+        s = summarize(rounds, arm)
+        if not s:
+            yield f"| {arm} | failed: {'; '.join(r.error for r in rounds if r.arm == arm)} |"
+            continue
+        cells = [
+            f"{s[c][0]:.{d}f} [{s[c][1]:.{d}f}-{s[c][2]:.{d}f}]"
+            for c, d in (("infer_per_s", 0), ("loop_us", 0), ("process_us", 0), ("minflt", 1), ("p50_ms", 2))
+        ]
+        yield f"| {arm} | " + " | ".join(cells) + " |"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bigrequest", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--requests", type=int, default=3000, help="requests per perf_analyzer count window")
+    parser.add_argument("--size", type=int, default=224, help="image side: requests of 3 x size x size FP32")
+    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
+    parser.add_argument("--arms", default="echo,ortserve,ortserve-malloc-untouched")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    pa = loadgen.find_perf_analyzer()
+    rounds: list[Round] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = Path(tmp)
+        models.write_model(repo, MODEL, models.image_mean(args.size), "dynamic_batching { }")
+        arms = _arms(repo, args.threads)
+        chosen = [a.strip() for a in args.arms.split(",") if a.strip()]
+        unknown = [a for a in chosen if a not in arms]
+        if unknown:
+            parser.error(f"unknown arm(s) {unknown}; choose from {sorted(arms)}")
+        for index in range(args.rounds):
+            for arm in chosen:
+                with arms[arm]() as proc:
+                    r = measure(proc, pa, args.concurrency, args.requests, arm)
+                rounds.append(r)
+                print(
+                    f"round {index + 1} {arm}: {r.infer_per_s:.0f} infer/s, loop {r.loop_us:.0f} µs/req, "
+                    f"process {r.process_us:.0f} µs/req, {r.minflt:.1f} faults/req {r.error}",
+                    flush=True,
+                )
+    kib = 3 * args.size * args.size * 4 / 1024
+    print(f"\n{kib:.0f} KiB requests, concurrency {args.concurrency}, {args.rounds} rounds, median [range]:")
+    for line in _table(rounds, chosen):
+        print(line)
+    if args.json:
+        args.json.write_text(json.dumps([asdict(r) for r in rounds], indent=1))
+    return 0 if all(not r.error for r in rounds) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
