@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from benchmarks import loadgen, models, servers
+from benchmarks.machine import cpu_times
 
 MODEL = "image_mean"
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -50,6 +51,8 @@ class Round:
     minflt: float
     """Minor page faults of the server process per request answered."""
     p50_ms: float
+    others_pct: float = 0.0
+    """CPU the rest of the machine used during the measurement (not server, not perf_analyzer), % of a core."""
     error: str = ""
 
 
@@ -64,9 +67,12 @@ def measure(proc: servers.Proc, pa: Path, concurrency: int, requests: int, arm: 
     main, whole = Path(f"/proc/{proc.pid}/task/{proc.pid}/stat"), Path(f"/proc/{proc.pid}/stat")
     loadgen.measure(pa, proc.target, MODEL, concurrency, max(200, requests // 10))  # warm-up
     before = servers.counts(proc.target, MODEL).inferences, _stat(main), _stat(whole)
+    busy0 = cpu_times()[0]
     m = loadgen.measure(pa, proc.target, MODEL, concurrency, requests)
+    busy1 = cpu_times()[0]
     after = servers.counts(proc.target, MODEL).inferences, _stat(main), _stat(whole)
     n = max(1, after[0] - before[0])
+    server_s = (after[2][1] - before[2][1]) / _CLK_TCK
     return Round(
         arm=arm,
         infer_per_s=m.infer_per_s,
@@ -74,6 +80,7 @@ def measure(proc: servers.Proc, pa: Path, concurrency: int, requests: int, arm: 
         process_us=(after[2][1] - before[2][1]) * ticks / n,
         minflt=(after[2][0] - before[2][0]) / n,
         p50_ms=m.p50_ms,
+        others_pct=max(0.0, 100 * (busy1 - busy0 - server_s - m.client_cpu_s) / m.wall_s) if m.wall_s else 0.0,
         error=m.error,
     )
 
@@ -90,7 +97,7 @@ def summarize(rounds: list[Round], arm: str) -> dict[str, tuple[float, float, fl
     """Per column of one arm: (median, min, max) over its rounds without errors."""
     mine = [r for r in rounds if r.arm == arm and not r.error]
     out: dict[str, tuple[float, float, float]] = {}
-    for column in ("infer_per_s", "loop_us", "process_us", "minflt", "p50_ms"):
+    for column in ("infer_per_s", "loop_us", "process_us", "minflt", "p50_ms", "others_pct"):
         values = [getattr(r, column) for r in mine]
         if values:
             out[column] = (statistics.median(values), min(values), max(values))
@@ -98,8 +105,8 @@ def summarize(rounds: list[Round], arm: str) -> dict[str, tuple[float, float, fl
 
 
 def _table(rounds: list[Round], arms: list[str]) -> Iterator[str]:
-    yield "| arm | infer/s | loop µs/req | process µs/req | minor faults/req | p50 ms |"
-    yield "|:--|--:|--:|--:|--:|--:|"
+    yield "| arm | infer/s | loop µs/req | process µs/req | minor faults/req | p50 ms | others % |"
+    yield "|:--|--:|--:|--:|--:|--:|--:|"
     for arm in arms:
         s = summarize(rounds, arm)
         if not s:
@@ -107,7 +114,14 @@ def _table(rounds: list[Round], arms: list[str]) -> Iterator[str]:
             continue
         cells = [
             f"{s[c][0]:.{d}f} [{s[c][1]:.{d}f}-{s[c][2]:.{d}f}]"
-            for c, d in (("infer_per_s", 0), ("loop_us", 0), ("process_us", 0), ("minflt", 1), ("p50_ms", 2))
+            for c, d in (
+                ("infer_per_s", 0),
+                ("loop_us", 0),
+                ("process_us", 0),
+                ("minflt", 1),
+                ("p50_ms", 2),
+                ("others_pct", 0),
+            )
         ]
         yield f"| {arm} | " + " | ".join(cells) + " |"
 
@@ -139,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
                 rounds.append(r)
                 print(
                     f"round {index + 1} {arm}: {r.infer_per_s:.0f} infer/s, loop {r.loop_us:.0f} µs/req, "
-                    f"process {r.process_us:.0f} µs/req, {r.minflt:.1f} faults/req {r.error}",
+                    f"process {r.process_us:.0f} µs/req, {r.minflt:.1f} faults/req, "
+                    f"others {r.others_pct:.0f} % {r.error}",
                     flush=True,
                 )
     kib = 3 * args.size * args.size * 4 / 1024
