@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -36,7 +35,6 @@ from benchmarks import loadgen, models, servers
 from benchmarks.machine import cpu_times
 
 MODEL = "image_mean"
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
 UNTOUCHED_ENV = {"GLIBC_TUNABLES": "glibc.malloc.check=0"}
 """Names a glibc.malloc tunable (its default value), so tune_malloc leaves malloc alone."""
 
@@ -56,29 +54,25 @@ class Round:
     error: str = ""
 
 
-def _stat(path: Path) -> tuple[int, int]:
-    """(minor faults, utime + stime ticks) from a /proc stat file."""
-    fields = path.read_text().rsplit(")", 1)[1].split()
-    return int(fields[7]), int(fields[11]) + int(fields[12])
+def _read(proc: servers.Proc) -> tuple[int, float, float, int]:
+    """(requests answered, loop thread CPU s, process CPU s, minor faults) so far."""
+    loop_cpu = proc.thread_cpu_s().get(proc.pid, ("", 0.0))[1]
+    return servers.counts(proc.target, MODEL).inferences, loop_cpu, proc.cpu_s(), proc.minor_faults()
 
 
 def measure(proc: servers.Proc, pa: Path, concurrency: int, requests: int, arm: str) -> Round:
-    ticks = 1e6 / _CLK_TCK
-    main, whole = Path(f"/proc/{proc.pid}/task/{proc.pid}/stat"), Path(f"/proc/{proc.pid}/stat")
     loadgen.measure(pa, proc.target, MODEL, concurrency, max(200, requests // 10))  # warm-up
-    before = servers.counts(proc.target, MODEL).inferences, _stat(main), _stat(whole)
-    busy0 = cpu_times()[0]
+    before, busy0 = _read(proc), cpu_times()[0]
     m = loadgen.measure(pa, proc.target, MODEL, concurrency, requests)
-    busy1 = cpu_times()[0]
-    after = servers.counts(proc.target, MODEL).inferences, _stat(main), _stat(whole)
+    after, busy1 = _read(proc), cpu_times()[0]
     n = max(1, after[0] - before[0])
-    server_s = (after[2][1] - before[2][1]) / _CLK_TCK
+    server_s = after[2] - before[2]
     return Round(
         arm=arm,
         infer_per_s=m.infer_per_s,
-        loop_us=(after[1][1] - before[1][1]) * ticks / n,
-        process_us=(after[2][1] - before[2][1]) * ticks / n,
-        minflt=(after[2][0] - before[2][0]) / n,
+        loop_us=(after[1] - before[1]) * 1e6 / n,
+        process_us=server_s * 1e6 / n,
+        minflt=(after[3] - before[3]) / n,
         p50_ms=m.p50_ms,
         others_pct=max(0.0, 100 * (busy1 - busy0 - server_s - m.client_cpu_s) / m.wall_s) if m.wall_s else 0.0,
         error=m.error,

@@ -199,6 +199,10 @@ class ServerSample:
     """CPU cores the whole server process used over the measurement."""
     busy_threads: int = 0
     """Server threads that used more than a quarter of a core (8+ on a GPU model: ONNX Runtime on CPU)."""
+    loop_us_per_request: float = 0.0
+    """CPU of the event loop's thread per request answered (one process's bound on requests/s)."""
+    faults_per_request: float = 0.0
+    """Minor page faults of the server per request answered (~147 a 602 KB request: every page refaulted)."""
     error: str = ""
 
 
@@ -242,9 +246,9 @@ def measure_server(
     timeout_s: float = 240,
 ) -> ServerSample:
     before, done_before = servers.counts(proc.target, MODEL), executed(proc.target)
-    threads_before, started = proc.thread_cpu_s(), time.perf_counter()
+    threads_before, faults_before, started = proc.thread_cpu_s(), proc.minor_faults(), time.perf_counter()
     m = loadgen.measure(pa, proc.target, MODEL, concurrency, requests, timeout_s=timeout_s, max_threads=pa_threads)
-    wall, threads_after = time.perf_counter() - started, proc.thread_cpu_s()
+    wall, threads_after, faults = time.perf_counter() - started, proc.thread_cpu_s(), proc.minor_faults()
     if m.error:
         return ServerSample(error=m.error)
     after, done_after = servers.counts(proc.target, MODEL), executed(proc.target)
@@ -254,6 +258,7 @@ def measure_server(
     infer_ns, host_ns = done_after.infer_ns - done_before.infer_ns, done_after.host_ns - done_before.host_ns
     used_by = {tid: cpu - threads_before.get(tid, (name, 0.0))[1] for tid, (name, cpu) in threads_after.items()}
     used = list(used_by.values())
+    answered = after.inferences - before.inferences
     return ServerSample(
         m.infer_per_s,
         m.p50_ms,
@@ -267,6 +272,8 @@ def measure_server(
         used_by.get(proc.pid, 0.0) / wall if wall > 0 else 0.0,
         sum(used) / wall if wall > 0 else 0.0,
         sum(u > 0.25 * wall for u in used),
+        used_by.get(proc.pid, 0.0) * 1e6 / answered if answered else 0.0,
+        (faults - faults_before) / answered if answered else 0.0,
     )
 
 
@@ -303,7 +310,8 @@ def brief(s: ServerSample) -> str:
         f"{s.infer_per_s:.0f} infer/s, batch {s.mean_batch:.1f}, run {s.infer_ms_per_batch:.1f} ms, "
         f"busy {s.instance_busy:.2f}, busiest thread {s.busiest_thread:.2f}, loop thread {s.loop_thread:.2f}, "
         f"{s.server_cores:.1f} cores in "
-        f"{s.busy_threads} busy threads, {s.batch_sizes_new} new sizes"
+        f"{s.busy_threads} busy threads, loop {s.loop_us_per_request:.0f} µs/req, "
+        f"{s.faults_per_request:.1f} faults/req, {s.batch_sizes_new} new sizes"
     )
 
 
@@ -336,6 +344,8 @@ def render(r: Results, batches: Sequence[int], target: float, verdict_c: int) ->
         "busiest thread",
         "loop thread",
         "server cores",
+        "loop µs/req",
+        "faults/req",
         "new batch sizes",
     ]
     rows = []
@@ -352,7 +362,7 @@ def render(r: Results, batches: Sequence[int], target: float, verdict_c: int) ->
                 "",
                 str(max(set(bs), key=bs.count)),
                 f"{median([p.ms_per_batch for p in best]):.2f}",
-                *[""] * 6,
+                *[""] * 8,
             ]
         )
     for n, by_c in r.server.items():
@@ -375,6 +385,8 @@ def render(r: Results, batches: Sequence[int], target: float, verdict_c: int) ->
                     summary([s.busiest_thread for s in ok], 2),
                     summary([s.loop_thread for s in ok], 2),
                     summary([s.server_cores for s in ok], 1),
+                    summary([s.loop_us_per_request for s in ok]),
+                    summary([s.faults_per_request for s in ok], 1),
                     summary([s.batch_sizes_new for s in ok]),
                 ]
             )

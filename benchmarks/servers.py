@@ -6,7 +6,7 @@
 
 `Proc.cpu_s()` reads the process's CPU time (all threads, user + system) from /proc, so the
 suite can say how much of the 2 cores a server used during a measurement; `Proc.thread_cpu_s()`
-the same per thread (hotspots.py).
+the same per thread (hotspots.py), `Proc.minor_faults()` its page faults (gpu.py, bigrequest.py).
 """
 
 from __future__ import annotations
@@ -41,6 +41,13 @@ class Proc:
 
     def cpu_s(self) -> float:
         return _stat_cpu_s(Path(f"/proc/{self.pid}/stat"))
+
+    def minor_faults(self) -> int:
+        """Minor page faults of the whole process so far (a fresh page touched: kernel time on the toucher)."""
+        try:
+            return int(Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
+        except OSError:
+            return 0
 
     def thread_cpu_s(self) -> dict[int, tuple[str, float]]:
         """CPU time per thread: {native thread id: (OS thread name, seconds)}."""
