@@ -21,7 +21,6 @@ import ctypes
 import gc
 import logging
 import os
-import platform
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Iterator, Mapping
@@ -317,6 +316,13 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, <malloc.h>
 _MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
 
 
+def _glibc() -> bool:
+    try:
+        return (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+    except (ValueError, OSError):  # the name is unknown where the C library is not glibc
+        return False
+
+
 def tune_malloc(environ: Mapping[str, str] | None = None) -> str:
     """Keep large request buffers in the heap: fixed glibc malloc thresholds instead of dynamic ones.
 
@@ -335,7 +341,7 @@ def tune_malloc(environ: Mapping[str, str] | None = None) -> str:
     malloc's own knobs (GLIBC_TUNABLES glibc.malloc.*, MALLOC_*_). Returns what was done.
     """
     env = os.environ if environ is None else environ
-    if platform.libc_ver()[0] != "glibc":
+    if not _glibc():
         return "not glibc: malloc left as is"
     if "glibc.malloc." in env.get("GLIBC_TUNABLES", "") or any(name in env for name in _MALLOC_ENV):
         return "malloc tuned by the environment: left as is"

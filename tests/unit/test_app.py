@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import gc
-import platform
 import subprocess
 import sys
 import weakref
 
 import pytest
 
-from ortserve.app import settle_heap, tune_malloc
+from ortserve.app import _glibc, settle_heap, tune_malloc
 
 
 class _Node:
@@ -54,7 +53,7 @@ def _faults_per_round(mode: str) -> list[int]:
     return [int(x) for x in done.stdout.split()]
 
 
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc thresholds are glibc's")
+@pytest.mark.skipif(not _glibc(), reason="malloc thresholds are glibc's")
 def test_tune_malloc_keeps_freed_large_buffers_in_the_heap() -> None:
     # Untuned, glibc gives the freed pair back to the kernel and every round faults in every
     # page again (the control: it shows the pattern exercises the trim); tuned, only the first.
