@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from ortserve.app import _glibc
 from ortserve.demo import DEMO_REPOSITORY
 from ortserve_client.proto import grpc_service_pb2 as pb
 from ortserve_client.proto import grpc_service_pb2_grpc as pb_grpc
@@ -88,16 +89,21 @@ def test_serve_freezes_the_start_up_heap_before_it_loads_a_model(repo: Path) -> 
     # Before any model loads: a model unloaded later must stay collectable, not frozen.
     assert out.index(match.group(0)) < out.index("loading models from") < out.index("ortserve ready")
     assert "GIL switch interval: 5 ms" in out  # Python's, unless --gil-switch-interval-ms says otherwise
+    if _glibc():  # large request buffers stay in the heap (ortserve.app.tune_malloc)
+        assert "malloc: mmap threshold 32 MiB, trim threshold 256 MiB" in out, out
 
 
-def test_serve_sets_the_gil_switch_interval(repo: Path) -> None:
+def test_serve_sets_the_gil_switch_interval_and_leaves_malloc_to_an_environment_that_tunes_it(repo: Path) -> None:
     models.save(models.add_sub(), repo, "add_sub")
     args = ["--model-repository", str(repo), "--grpc-port", "0", "--http-port", "-1", "--log-level", "debug"]
-    with serve_in_subprocess(args, env={"ORTSERVE_GIL_SWITCH_INTERVAL_MS": "0.5"}) as server:
+    env = {"ORTSERVE_GIL_SWITCH_INTERVAL_MS": "0.5", "GLIBC_TUNABLES": "glibc.malloc.check=0"}
+    with serve_in_subprocess(args, env=env) as server:
         stub = pb_grpc.GRPCInferenceServiceStub(channel_to(server.grpc_target))
         assert stub.ModelReady(pb.ModelReadyRequest(name="add_sub"), timeout=10).ready
         out = server.output()
     assert "GIL switch interval: 0.5 ms" in out, out
+    if _glibc():
+        assert "malloc tuned by the environment: left as is" in out, out
 
 
 def test_bad_settings_exit_2_with_a_message_naming_the_setting(tmp_path: Path) -> None:
