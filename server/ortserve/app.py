@@ -46,7 +46,7 @@ from ortserve.observability import (
     tracing_from_env,
 )
 from ortserve.observability import configure_logging as configure_log_output
-from ortserve.protocol import HealthMetricsServer, InferenceServicer, add_inference_service
+from ortserve.protocol import HealthMetricsServer, InferenceServicer, SharedMemoryRegistry, add_inference_service
 from ortserve.protocol.codec import DecodeLimits
 from ortserve.protocol.interceptors import SecurityInterceptor
 from ortserve.protocol.tracing import ObservabilityInterceptor
@@ -137,7 +137,13 @@ class OrtServer:
             ]
         )
         add_inference_service(
-            self._observed(InferenceServicer(self.dataplane, DecodeLimits(max_tensor_elements=s.max_tensor_elements))),
+            self._observed(
+                InferenceServicer(
+                    self.dataplane,
+                    DecodeLimits(max_tensor_elements=s.max_tensor_elements),
+                    SharedMemoryRegistry() if s.shared_memory == "system" else None,
+                )
+            ),
             self._grpc,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)

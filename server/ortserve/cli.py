@@ -18,9 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from ortserve import __version__
-from ortserve.config import DEVICES, EVENT_LOOPS, ServerSettings, SettingsError, env_name
+from ortserve.config import DEVICES, EVENT_LOOPS, SHARED_MEMORY, ServerSettings, SettingsError, env_name
 
-_CHOICES = {"device": DEVICES, "event_loop": EVENT_LOOPS, "log_level": ("debug", "info", "warning", "error")}
+_CHOICES = {
+    "device": DEVICES,
+    "event_loop": EVENT_LOOPS,
+    "log_level": ("debug", "info", "warning", "error"),
+    "shared_memory": SHARED_MEMORY,
+}
 _TYPES = {"int": int, "float": float, "str": str, "Path | None": Path}
 _REPEATABLE = {"load_model"}
 """Flags that may be given several times; from_sources joins their values with commas."""

@@ -15,6 +15,7 @@ from typing import Any
 
 DEVICES = ("auto", "cpu", "cuda")
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
+SHARED_MEMORY = ("system", "off")
 ENV_PREFIX = "ORTSERVE_"
 LOG_FORMATS = ("text", "json")
 MODEL_CONTROL_MODES = ("none", "poll", "explicit")
@@ -60,6 +61,8 @@ class ServerSettings:
     """Most inference requests in flight at once; beyond it UNAVAILABLE at once (0 = unbounded)."""
     max_tensor_elements: int = 2**26
     """Most elements one input tensor may declare; beyond it RESOURCE_EXHAUSTED before any allocation."""
+    shared_memory: str = "system"
+    """Triton's system shared memory extension (tensors in /dev/shm regions of same-host clients): system or off."""
     tls_cert: Path | None = None
     """PEM certificate chain of the gRPC port (with tls_key: TLS; re-read when the file changes)."""
     tls_key: Path | None = None
@@ -147,6 +150,10 @@ class ServerSettings:
             raise SettingsError(f"log_level: expected debug, info, warning or error, got {self.log_level!r}")
         if self.event_loop not in EVENT_LOOPS:
             raise SettingsError(f"event_loop: expected one of {', '.join(EVENT_LOOPS)}, got {self.event_loop!r}")
+        if self.shared_memory not in SHARED_MEMORY:
+            raise SettingsError(
+                f"shared_memory: expected one of {', '.join(SHARED_MEMORY)}, got {self.shared_memory!r}"
+            )
         if self.max_inflight_requests < 0:
             raise SettingsError(
                 f"max_inflight_requests: expected >= 0 (0 = unbounded), got {self.max_inflight_requests}"

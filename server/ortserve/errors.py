@@ -5,6 +5,8 @@ status codes, most specific class first. No class here knows a transport code.
 
     OrtserveError
     ├── ModelNotFoundError          unknown model or version
+    ├── RegionNotFoundError         unknown shared memory region (status)
+    ├── RegionExistsError           a shared memory region of that name is registered already
     ├── InvalidInputError           a tensor's name, dtype, shape or byte size is wrong
     ├── UnavailableError            retry elsewhere or later
     │   ├── ModelNotReadyError      the model is loading, unloading or failed to load
@@ -35,6 +37,14 @@ class OrtserveError(Exception):
 
 class ModelNotFoundError(OrtserveError):
     """The requested model or model version is not in the repository."""
+
+
+class RegionNotFoundError(OrtserveError):
+    """No shared memory region of the requested name is registered."""
+
+
+class RegionExistsError(OrtserveError):
+    """A shared memory region of that name is registered already; unregister it first."""
 
 
 class InvalidInputError(OrtserveError):

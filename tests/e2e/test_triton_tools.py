@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from ortserve_client.proto import grpc_service_pb2 as pb
 from tests import models
 from tests.harness import serve_in_subprocess, serve_in_thread
 
@@ -67,6 +68,31 @@ except grpcclient.InferenceServerException as exc:
 stats = client.get_inference_statistics("add_sub", as_json=True)["model_stats"][0]
 out["stats_success"] = int(stats["inference_stats"]["success"]["count"])
 out["stats_inference_count"] = int(stats["inference_count"])
+
+# System shared memory, as tritonclient's own shared memory example does it (the object made
+# with the standard library here: tritonclient.utils.shared_memory needs pkg_resources).
+from multiprocessing import shared_memory
+block = shared_memory.SharedMemory(create=True, size=3 * a.nbytes)
+try:
+    view = np.ndarray((3, 3, 4), np.float32, buffer=block.buf)
+    view[0], view[1] = a, b
+    client.unregister_system_shared_memory()
+    client.register_system_shared_memory("tensors", "/" + block.name, 3 * a.nbytes)
+    out["shm_status"] = client.get_system_shared_memory_status(as_json=True)
+    shm_inputs = [grpcclient.InferInput("INPUT0", [3, 4], "FP32"), grpcclient.InferInput("INPUT1", [3, 4], "FP32")]
+    shm_inputs[0].set_shared_memory("tensors", a.nbytes, offset=0)
+    shm_inputs[1].set_shared_memory("tensors", b.nbytes, offset=a.nbytes)
+    shm_output = grpcclient.InferRequestedOutput("OUTPUT0")
+    shm_output.set_shared_memory("tensors", a.nbytes, offset=2 * a.nbytes)
+    shm_result = client.infer("add_sub", shm_inputs, outputs=[shm_output, grpcclient.InferRequestedOutput("OUTPUT1")])
+    out["shm_output0_equal"] = bool(np.array_equal(view[2], a + b))
+    out["shm_output1_equal"] = bool(np.array_equal(shm_result.as_numpy("OUTPUT1"), a - b))
+    client.unregister_system_shared_memory("tensors")
+    out["shm_after"] = client.get_system_shared_memory_status(as_json=True)
+finally:
+    del view
+    block.close()
+    block.unlink()
 print(json.dumps(out))
 '''
 
@@ -100,6 +126,10 @@ def test_tritonclient_grpc_works_unchanged(triton_repo: Path, tmp_path: Path) ->
     assert out["bytes_equal"]
     assert out["missing_status"] == "StatusCode.NOT_FOUND"
     assert out["stats_success"] == 1 and out["stats_inference_count"] == 3
+    assert "system_shared_memory" in out["server"]["extensions"]
+    assert out["shm_status"]["regions"]["tensors"]["byte_size"] == "144", out["shm_status"]
+    assert out["shm_output0_equal"] and out["shm_output1_equal"]
+    assert not out["shm_after"].get("regions")
 
 
 def _perf_analyzer() -> str | None:
@@ -132,3 +162,24 @@ def test_perf_analyzer_on_a_config_free_repository(repo: Path) -> None:
     assert len(server_lines) >= 4, output
     assert all(int(line[4]) > 0 for line in server_lines), output
     assert "error" not in output.lower(), output
+
+
+def test_perf_analyzer_with_system_shared_memory(repo: Path) -> None:
+    """perf_analyzer's --shared-memory system: inputs and outputs in regions it registers itself."""
+    binary = _perf_analyzer()
+    if binary is None:
+        pytest.skip("perf_analyzer is not installed: run .ci/setup-perf-analyzer.sh (CI does)")
+    models.save(models.add_sub(), repo, "add_sub")
+    with serve_in_thread(repo) as server:
+        done = subprocess.run(
+            [binary, "-m", "add_sub", "-i", "grpc", "-u", server.grpc_target, "--concurrency-range", "4",
+             "--shared-memory", "system", "--output-shared-memory-size", "64", "-p", "300", "-s", "50", "-r", "6"],
+            capture_output=True, text=True, timeout=300,
+        )
+        answered = server.stub.ModelStatistics(pb.ModelStatisticsRequest(name="add_sub")).model_stats[0]
+        left = server.stub.SystemSharedMemoryStatus(pb.SystemSharedMemoryStatusRequest())
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert re.search(r"^Concurrency: 4, throughput: [\d.]+ infer/sec", output, re.M), output
+    assert answered.inference_stats.success.count > 100 and answered.inference_stats.fail.count == 0
+    assert not left.regions  # perf_analyzer unregisters what it registered

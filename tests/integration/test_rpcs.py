@@ -87,7 +87,7 @@ def test_server_metadata(srv: RunningServer) -> None:
     meta = srv.stub.ServerMetadata(pb.ServerMetadataRequest())
     assert meta.name == "ortserve"
     assert meta.version == importlib.metadata.version("ortserve")
-    assert sorted(meta.extensions) == ["model_configuration", "model_repository", "statistics"]
+    assert sorted(meta.extensions) == ["model_configuration", "model_repository", "statistics", "system_shared_memory"]
 
 
 def _tensors(items: Any) -> list[tuple[str, str, list[int]]]:

@@ -25,6 +25,7 @@ from ortserve import dtypes
 from ortserve.dataplane import InferRequest, InferResponse, ParamValue
 from ortserve.dtypes import DType
 from ortserve.errors import InvalidInputError, ResourceExhaustedError
+from ortserve.protocol.shared_memory import SharedMemoryRegistry, uses_shared_memory, write_outputs
 from ortserve_client.proto import grpc_service_pb2 as pb
 
 _LEN = struct.Struct("<I")
@@ -67,20 +68,20 @@ def decode_request(
     deadline_ns: int | None = None,
     limits: DecodeLimits = DEFAULT_LIMITS,
     raw_contents: Sequence[bytes | memoryview] | None = None,
+    shared_memory: SharedMemoryRegistry | None = None,
 ) -> InferRequest:
     """Decode a ModelInferRequest; wire-level faults raise InvalidInputError, size limits ResourceExhaustedError.
 
     `raw_contents` replaces the message's raw_input_contents when the caller split them off
-    the wire itself (protocol.wire), so that the arrays are views of the received bytes.
+    the wire itself (protocol.wire), so that the arrays are views of the received bytes. An
+    input whose parameters name a shared memory region is read from `shared_memory` (a view,
+    no copy) and has no raw_input_contents entry: the raw entries belong, in order, to the
+    inputs that are neither in shared memory nor in typed contents.
     """
     raw = request.raw_input_contents if raw_contents is None else raw_contents
-    if raw and len(raw) != len(request.inputs):
-        raise InvalidInputError(
-            f"the request has {len(request.inputs)} inputs but {len(raw)} raw_input_contents "
-            "entries: send one raw entry per input, in the order of inputs (or none and use contents)"
-        )
     inputs: dict[str, np.ndarray] = {}
-    for index, tensor in enumerate(request.inputs):
+    used = 0
+    for tensor in request.inputs:
         name = tensor.name
         if name in inputs:
             raise InvalidInputError(f"input {name!r} appears twice in the request")
@@ -94,14 +95,28 @@ def decode_request(
                 f"input {name!r}: shape {list(shape)} has a negative dimension; send the actual shape"
             )
         _check_shape(name, dtype, shape, limits)
-        if raw:
+        if uses_shared_memory(tensor.parameters):
+            if shared_memory is None:
+                raise InvalidInputError(
+                    f"input {name!r} names a shared memory region, but shared memory is off on this server "
+                    "(--shared-memory off); send the tensor in raw_input_contents"
+                )
+            if tensor.HasField("contents"):
+                raise InvalidInputError(f"input {name!r} has both contents and a shared memory region; send one")
+            inputs[name] = _from_raw(name, dtype, shape, shared_memory.tensor(name, tensor.parameters), limits)
+        elif raw:
             if tensor.HasField("contents"):
                 raise InvalidInputError(
                     f"input {name!r} has both contents and raw_input_contents; send one of them"
                 )
-            inputs[name] = _from_raw(name, dtype, shape, raw[index], limits)
+            if used == len(raw):
+                raise _raw_count_error(request, len(raw))
+            inputs[name] = _from_raw(name, dtype, shape, raw[used], limits)
+            used += 1
         else:
             inputs[name] = _from_contents(name, dtype, shape, tensor, limits)
+    if used != len(raw):
+        raise _raw_count_error(request, len(raw))
     return InferRequest(
         model_name=request.model_name,
         model_version=request.model_version,
@@ -110,6 +125,17 @@ def decode_request(
         requested_outputs=[o.name for o in request.outputs],
         parameters=decode_parameters(request.parameters),
         deadline_ns=deadline_ns,
+    )
+
+
+def _raw_count_error(request: pb.ModelInferRequest, entries: int) -> InvalidInputError:
+    in_memory = sum(uses_shared_memory(t.parameters) for t in request.inputs)
+    wire = len(request.inputs) - in_memory
+    where = f" ({in_memory} of them in shared memory)" if in_memory else ""
+    return InvalidInputError(
+        f"the request has {len(request.inputs)} inputs{where} but {entries} raw_input_contents "
+        f"entries: send one raw entry per input{' not in shared memory' if in_memory else ''} "
+        f"({wire}), in the order of inputs (or none and use contents)"
     )
 
 
@@ -231,8 +257,11 @@ def _from_contents(
     return wide.astype(dtype.numpy, copy=False).reshape(shape)
 
 
-def encode_response(response: InferResponse) -> pb.ModelInferResponse:
-    """Build the ModelInferResponse with every output in raw_output_contents."""
+def encode_response(response: InferResponse, targets: Mapping[str, memoryview] | None = None) -> pb.ModelInferResponse:
+    """Build the ModelInferResponse with every output in raw_output_contents.
+
+    An output in `targets` (shared memory regions) is copied there instead; its entry is empty.
+    """
     message = pb.ModelInferResponse(
         model_name=response.model_name, model_version=response.model_version, id=response.id
     )
@@ -240,7 +269,11 @@ def encode_response(response: InferResponse) -> pb.ModelInferResponse:
     for name, array in response.outputs:
         dtype = dtypes.from_numpy(array.dtype)
         message.outputs.add(name=name, datatype=dtype.name, shape=array.shape)
-        raw.append(_to_raw(array, dtype))
+        data = _to_raw(array, dtype)
+        if targets and name in targets:
+            write_outputs(((name, data),), targets)
+            data = b""
+        raw.append(data)
     return message
 
 

@@ -42,6 +42,13 @@ METHOD_SCOPES: dict[str, Scope | None] = {
     SERVICE + "RepositoryIndex": Scope.METADATA,
     SERVICE + "ModelInfer": Scope.INFERENCE,
     SERVICE + "ModelStreamInfer": Scope.INFERENCE,
+    # Shared memory regions are how an inference client sends its tensors: the same scope.
+    SERVICE + "SystemSharedMemoryStatus": Scope.INFERENCE,
+    SERVICE + "SystemSharedMemoryRegister": Scope.INFERENCE,
+    SERVICE + "SystemSharedMemoryUnregister": Scope.INFERENCE,
+    SERVICE + "CudaSharedMemoryStatus": Scope.INFERENCE,
+    SERVICE + "CudaSharedMemoryRegister": Scope.INFERENCE,
+    SERVICE + "CudaSharedMemoryUnregister": Scope.INFERENCE,
     SERVICE + "RepositoryModelLoad": Scope.MODEL_CONTROL,
     SERVICE + "RepositoryModelUnload": Scope.MODEL_CONTROL,
 }

@@ -16,9 +16,10 @@ import grpc
 from grpc import aio
 
 from ortserve.dataplane import DataPlane
-from ortserve.errors import InvalidInputError
+from ortserve.errors import InvalidInputError, RegionNotFoundError, UnsupportedError
 from ortserve.observability import ModelStats
 from ortserve.protocol.codec import DEFAULT_LIMITS, DecodeLimits, decode_parameters, decode_request, encode_response
+from ortserve.protocol.shared_memory import SharedMemoryRegistry, output_targets
 from ortserve.protocol.status import mapped_errors, status_of
 from ortserve.protocol.wire import WireInferRequest, parse_infer_request, serialize_infer_response
 from ortserve.repository import ModelVersion
@@ -80,9 +81,16 @@ def _tensor_metadata(model: ModelVersion) -> tuple[list[Any], list[Any]]:
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """KServe V2 / Triton GRPCInferenceService over a DataPlane."""
 
-    def __init__(self, dataplane: DataPlane, limits: DecodeLimits = DEFAULT_LIMITS) -> None:
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        limits: DecodeLimits = DEFAULT_LIMITS,
+        shared_memory: SharedMemoryRegistry | None = None,
+    ) -> None:
         self._dp = dataplane
         self._limits = limits
+        self._shm = shared_memory
+        """System shared memory regions; None when the extension is off (--shared-memory off)."""
 
     @mapped_errors
     async def ServerLive(self, request: pb.ServerLiveRequest, context: aio.ServicerContext) -> pb.ServerLiveResponse:
@@ -101,6 +109,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ServerMetadataRequest, context: aio.ServicerContext
     ) -> pb.ServerMetadataResponse:
         name, version, extensions = self._dp.server_metadata()
+        if self._shm is not None:
+            extensions = (*extensions, "system_shared_memory")
         return pb.ServerMetadataResponse(name=name, version=version, extensions=extensions)
 
     @mapped_errors
@@ -152,6 +162,61 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         await self._dp.unload_model(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
+    def _regions(self) -> SharedMemoryRegistry:
+        if self._shm is None:
+            raise UnsupportedError(
+                "system shared memory is off on this server (--shared-memory off): send tensors in the request"
+            )
+        return self._shm
+
+    @mapped_errors
+    async def SystemSharedMemoryStatus(
+        self, request: pb.SystemSharedMemoryStatusRequest, context: aio.ServicerContext
+    ) -> pb.SystemSharedMemoryStatusResponse:
+        make = pb.SystemSharedMemoryStatusResponse.RegionStatus
+        regions = self._regions().status(request.name)
+        return pb.SystemSharedMemoryStatusResponse(
+            regions={r.name: make(name=r.name, key=r.key, offset=r.offset, byte_size=r.byte_size) for r in regions}
+        )
+
+    @mapped_errors
+    async def SystemSharedMemoryRegister(
+        self, request: pb.SystemSharedMemoryRegisterRequest, context: aio.ServicerContext
+    ) -> pb.SystemSharedMemoryRegisterResponse:
+        # open + fstat + mmap of a tmpfs object: microseconds, fine on the loop.
+        self._regions().register(request.name, request.key, request.offset, request.byte_size)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    @mapped_errors
+    async def SystemSharedMemoryUnregister(
+        self, request: pb.SystemSharedMemoryUnregisterRequest, context: aio.ServicerContext
+    ) -> pb.SystemSharedMemoryUnregisterResponse:
+        self._regions().unregister(request.name)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    @mapped_errors
+    async def CudaSharedMemoryStatus(
+        self, request: pb.CudaSharedMemoryStatusRequest, context: aio.ServicerContext
+    ) -> pb.CudaSharedMemoryStatusResponse:
+        if request.name:
+            raise RegionNotFoundError(f"no CUDA shared memory region {request.name!r}: this server registers none")
+        return pb.CudaSharedMemoryStatusResponse()
+
+    @mapped_errors
+    async def CudaSharedMemoryRegister(
+        self, request: pb.CudaSharedMemoryRegisterRequest, context: aio.ServicerContext
+    ) -> pb.CudaSharedMemoryRegisterResponse:
+        raise UnsupportedError(
+            "CUDA shared memory is not supported by this server: use system shared memory "
+            "(SystemSharedMemoryRegister) or send the tensor in the request"
+        )
+
+    @mapped_errors
+    async def CudaSharedMemoryUnregister(
+        self, request: pb.CudaSharedMemoryUnregisterRequest, context: aio.ServicerContext
+    ) -> pb.CudaSharedMemoryUnregisterResponse:
+        return pb.CudaSharedMemoryUnregisterResponse()  # none are ever registered: nothing to do
+
     observer: ObservabilityInterceptor | None = None
     """Set by `ObservabilityInterceptor.instrument` when tracing or the access log is on: ModelInfer
     starts and ends its call through it, without a wrapper around the hot method."""
@@ -164,8 +229,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             if request.error is not None:
                 raise InvalidInputError(request.error)
-            decoded = decode_request(request.message, _deadline_ns(context), self._limits, request.raw)
-            answer = serialize_infer_response(await self._dp.infer(decoded, current))
+            message, shm = request.message, self._shm
+            decoded = decode_request(message, _deadline_ns(context), self._limits, request.raw, shm)
+            targets = output_targets(shm, message.outputs) if shm is not None and message.outputs else None
+            answer = serialize_infer_response(await self._dp.infer(decoded, current), targets)
         except BaseException as exc:
             if observer is not None and current is not None:
                 observer.end_infer(current, context, exc)
@@ -183,8 +250,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
         async def one(request: pb.ModelInferRequest) -> None:
             try:
-                response = await self._dp.infer(decode_request(request, deadline, self._limits))
-                results.put_nowait(pb.ModelStreamInferResponse(infer_response=encode_response(response)))
+                shm = self._shm
+                decoded = decode_request(request, deadline, self._limits, shared_memory=shm)
+                targets = output_targets(shm, request.outputs) if shm is not None and request.outputs else None
+                response = await self._dp.infer(decoded)
+                results.put_nowait(pb.ModelStreamInferResponse(infer_response=encode_response(response, targets)))
             except Exception as exc:  # noqa: BLE001 - a failed request is reported in-stream
                 code, message = status_of(exc)
                 if code is grpc.StatusCode.INTERNAL:

@@ -23,6 +23,8 @@ from ortserve.errors import (
     ModelNotFoundError,
     OrtserveError,
     PermissionDeniedError,
+    RegionExistsError,
+    RegionNotFoundError,
     RequestCancelledError,
     ResourceExhaustedError,
     UnavailableError,
@@ -33,6 +35,8 @@ log = logging.getLogger("ortserve.protocol")
 
 STATUS_TABLE: tuple[tuple[type[OrtserveError], grpc.StatusCode], ...] = (
     (ModelNotFoundError, grpc.StatusCode.NOT_FOUND),
+    (RegionNotFoundError, grpc.StatusCode.NOT_FOUND),
+    (RegionExistsError, grpc.StatusCode.ALREADY_EXISTS),
     (InvalidInputError, grpc.StatusCode.INVALID_ARGUMENT),
     (UnavailableError, grpc.StatusCode.UNAVAILABLE),
     (ModelLoadError, grpc.StatusCode.UNAVAILABLE),

@@ -17,6 +17,7 @@ accepts fields in any order; repeated fields accumulate in order).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,6 +25,7 @@ import numpy as np
 from ortserve import dtypes
 from ortserve.dataplane import InferResponse
 from ortserve.protocol.codec import _to_raw
+from ortserve.protocol.shared_memory import write_outputs
 from ortserve_client.proto import grpc_service_pb2 as pb
 
 _RAW_INPUT_FIELD = 7
@@ -106,8 +108,12 @@ def parse_infer_request(data: bytes) -> WireInferRequest:
         return WireInferRequest(pb.ModelInferRequest(), error=f"malformed ModelInferRequest: {exc}")
 
 
-def serialize_infer_response(response: InferResponse) -> bytes:
-    """The response serializer of ModelInfer: one copy of each output, straight from its array."""
+def serialize_infer_response(response: InferResponse, targets: Mapping[str, memoryview] | None = None) -> bytes:
+    """The response serializer of ModelInfer: one copy of each output, straight from its array.
+
+    An output in `targets` (shared memory regions, protocol.shared_memory) is copied into its
+    region instead, and its raw_output_contents entry is empty.
+    """
     message = pb.ModelInferResponse(
         model_name=response.model_name, model_version=response.model_version, id=response.id
     )
@@ -115,11 +121,17 @@ def serialize_infer_response(response: InferResponse) -> bytes:
     for name, array in response.outputs:
         dtype = dtypes.from_numpy(array.dtype)
         message.outputs.add(name=name, datatype=dtype.name, shape=array.shape)
-        data: bytes | memoryview
-        if dtype.name == "BYTES":
-            data = _to_raw(array, dtype)
-        else:
-            data = np.ascontiguousarray(array).data.cast("B")
+        data = output_bytes(array, dtype)
+        if targets and name in targets:
+            write_outputs(((name, data),), targets)
+            data = b""
         parts += (_RAW_OUTPUT_TAG, _varint_bytes(len(data)), data)
     parts[0] = message.SerializeToString()
     return b"".join(parts)
+
+
+def output_bytes(array: np.ndarray, dtype: dtypes.DType) -> bytes | memoryview:
+    """An output's raw content: the array's own memory (no copy) or, for BYTES, its serialization."""
+    if dtype.name == "BYTES":
+        return _to_raw(array, dtype)
+    return np.ascontiguousarray(array).data.cast("B")
