@@ -14,7 +14,9 @@ message) and of the whole process, and the minor page faults per request. Arms:
 - `echo`: the bare grpc.aio server answering a precomputed response (the RPC ceiling at this size);
 - `ortserve`: `ortserve serve` as shipped (batching on, one CPU instance);
 - `ortserve-malloc-untouched`: the same with glibc malloc's dynamic thresholds, as a process
-  gets them without `ortserve.app.tune_malloc` (opted out through GLIBC_TUNABLES).
+  gets them without `ortserve.app.tune_malloc` (opted out through GLIBC_TUNABLES);
+- `ortserve-shm`: ortserve as shipped, perf_analyzer with `--shared-memory system` (the tensors
+  in /dev/shm regions, Triton's extension: what a same-host client can have; not in the default arms).
 
 Prints `median [min-max]` per arm and column; `--json` writes every round.
 """
@@ -26,7 +28,7 @@ import json
 import statistics
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -60,10 +62,12 @@ def _read(proc: servers.Proc) -> tuple[int, float, float, int]:
     return servers.counts(proc.target, MODEL).inferences, loop_cpu, proc.cpu_s(), proc.minor_faults()
 
 
-def measure(proc: servers.Proc, pa: Path, concurrency: int, requests: int, arm: str) -> Round:
-    loadgen.measure(pa, proc.target, MODEL, concurrency, max(200, requests // 10))  # warm-up
+def measure(
+    proc: servers.Proc, pa: Path, concurrency: int, requests: int, arm: str, extra: Sequence[str] = ()
+) -> Round:
+    loadgen.measure(pa, proc.target, MODEL, concurrency, max(200, requests // 10), extra=extra)  # warm-up
     before, busy0 = _read(proc), cpu_times()[0]
-    m = loadgen.measure(pa, proc.target, MODEL, concurrency, requests)
+    m = loadgen.measure(pa, proc.target, MODEL, concurrency, requests, extra=extra)
     after, busy1 = _read(proc), cpu_times()[0]
     n = max(1, after[0] - before[0])
     server_s = after[2] - before[2]
@@ -79,11 +83,17 @@ def measure(proc: servers.Proc, pa: Path, concurrency: int, requests: int, arm: 
     )
 
 
-def _arms(repo: Path, threads: int) -> dict[str, Callable[[], AbstractContextManager[servers.Proc]]]:
+Arm = tuple[Callable[[], AbstractContextManager[servers.Proc]], Sequence[str]]
+"""How to start the arm's server, and perf_analyzer's extra arguments."""
+SHM_ARGS = ("--shared-memory", "system", "--output-shared-memory-size", "64")
+
+
+def _arms(repo: Path, threads: int) -> dict[str, Arm]:
     return {
-        "echo": lambda: servers.bare(repo, "echo", threads),
-        "ortserve": lambda: servers.ortserve(repo, threads),
-        "ortserve-malloc-untouched": lambda: servers.ortserve(repo, threads, env=UNTOUCHED_ENV),
+        "echo": (lambda: servers.bare(repo, "echo", threads), ()),
+        "ortserve": (lambda: servers.ortserve(repo, threads), ()),
+        "ortserve-malloc-untouched": (lambda: servers.ortserve(repo, threads, env=UNTOUCHED_ENV), ()),
+        "ortserve-shm": (lambda: servers.ortserve(repo, threads), SHM_ARGS),
     }
 
 
@@ -142,8 +152,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown arm(s) {unknown}; choose from {sorted(arms)}")
         for index in range(args.rounds):
             for arm in chosen:
-                with arms[arm]() as proc:
-                    r = measure(proc, pa, args.concurrency, args.requests, arm)
+                start, extra = arms[arm]
+                with start() as proc:
+                    r = measure(proc, pa, args.concurrency, args.requests, arm, extra)
                 rounds.append(r)
                 print(
                     f"round {index + 1} {arm}: {r.infer_per_s:.0f} infer/s, loop {r.loop_us:.0f} µs/req, "

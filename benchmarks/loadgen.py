@@ -23,6 +23,7 @@ import resource
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,12 +74,14 @@ def measure(
     max_threads: int = 1,
     batch: int = 1,
     rate: float = 0,
+    extra: Sequence[str] = (),
 ) -> Measurement:
     """Closed loop: `concurrency` requests of `batch` rows always in flight, until three windows are done.
 
     With `rate` > 0 instead an open loop: requests sent at `rate` a second, Poisson-spaced, however
     fast the server answers (`concurrency` is then ignored; perf_analyzer needs more than one
-    thread to keep a schedule: give `max_threads`)."""
+    thread to keep a schedule: give `max_threads`). `extra` is appended to perf_analyzer's
+    arguments (e.g. `--shared-memory system`)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "pa.csv"
         command = [
@@ -110,6 +113,7 @@ def measure(
             str(max_threads),
             "-f",
             str(out),
+            *extra,
         ]
         cpu_before = cpu_of_children()
         start = time.perf_counter()

@@ -52,6 +52,8 @@ def test_benchmark_runs_its_arms_and_reports_each_round(tmp_path: Path) -> None:
             "32",
             "--threads",
             "1",
+            "--arms",
+            "echo,ortserve,ortserve-malloc-untouched,ortserve-shm",
             "--json",
             str(out),
         ],
@@ -62,7 +64,7 @@ def test_benchmark_runs_its_arms_and_reports_each_round(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     rounds = json.loads(out.read_text())
-    assert [r["arm"] for r in rounds] == ["echo", "ortserve", "ortserve-malloc-untouched"]
+    assert [r["arm"] for r in rounds] == ["echo", "ortserve", "ortserve-malloc-untouched", "ortserve-shm"]
     for r in rounds:
         assert r["infer_per_s"] > 0 and r["loop_us"] > 0 and r["process_us"] >= r["loop_us"], r
     assert "| ortserve | " in done.stdout and "12 KiB requests" in done.stdout
