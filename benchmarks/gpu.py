@@ -244,10 +244,13 @@ def measure_server(
     pa_threads: int,
     instances: int = 1,
     timeout_s: float = 240,
+    extra: Sequence[str] = (),
 ) -> ServerSample:
     before, done_before = servers.counts(proc.target, MODEL), executed(proc.target)
     threads_before, faults_before, started = proc.thread_cpu_s(), proc.minor_faults(), time.perf_counter()
-    m = loadgen.measure(pa, proc.target, MODEL, concurrency, requests, timeout_s=timeout_s, max_threads=pa_threads)
+    m = loadgen.measure(
+        pa, proc.target, MODEL, concurrency, requests, timeout_s=timeout_s, max_threads=pa_threads, extra=extra
+    )
     wall, threads_after, faults = time.perf_counter() - started, proc.thread_cpu_s(), proc.minor_faults()
     if m.error:
         return ServerSample(error=m.error)
@@ -329,7 +332,12 @@ def best_instances(r: Results, concurrency: int) -> int:
     return max(r.server, key=lambda n: median(measured[n]) if measured[n] else -1.0)
 
 
-def render(r: Results, batches: Sequence[int], target: float, verdict_c: int) -> tuple[list[str], str]:
+SHM_ARGS = ("--shared-memory", "system", "--output-shared-memory-size", "16384")
+
+
+def render(
+    r: Results, batches: Sequence[int], target: float, verdict_c: int, shared_memory: bool = False
+) -> tuple[list[str], str]:
     header = [
         "row",
         "C",
@@ -372,6 +380,7 @@ def render(r: Results, batches: Sequence[int], target: float, verdict_c: int) ->
             rows.append(
                 [
                     f"ortserve, dynamic_batching (session.run, host arrays), {n} instance{'s' if n > 1 else ''}"
+                    + (", inputs in system shared memory" if shared_memory else "")
                     + (f" [{len(errors)} failed: {errors[-1]}]" if errors else ""),
                     str(c),
                     summary([s.infer_per_s for s in ok]),
@@ -399,7 +408,8 @@ def render(r: Results, batches: Sequence[int], target: float, verdict_c: int) ->
     measured = ratios(r, chosen, verdict_c)
     met = bool(measured) and median(measured) >= target
     verdict = (
-        f"verdict: ortserve at C={verdict_c} / in-process best (host input) = "
+        f"verdict: ortserve at C={verdict_c}{' (inputs in system shared memory)' if shared_memory else ''} "
+        "/ in-process best (host input) = "
         f"{summary(measured, 2) if measured else 'n/a'} against >= {target:.2f}: "
         + ("met" if met else "missed" if measured else "not measured")
         + f" ({chosen} instance{'s' if chosen > 1 else ''}"
@@ -435,6 +445,8 @@ def run(args: argparse.Namespace) -> int:
     env["model"] = spec.description
     print("\n".join(f"{k}: {v}" for k, v in env.items()), flush=True)
     results = Results(server={n: {c: [] for c in args.concurrency} for n in args.instances})
+    # perf_analyzer puts the images in /dev/shm regions it registers (Triton's system shared memory).
+    pa_extra = SHM_ARGS if args.shared_memory == "system" else ()
     with tempfile.TemporaryDirectory(prefix="ortserve-gpu-") as tmp, ExitStack() as running:
         path = Path(tmp) / "model.onnx"
         onnx.save(spec.proto, str(path))
@@ -498,9 +510,9 @@ def run(args: argparse.Namespace) -> int:
             )
             for c in args.concurrency:  # discarded: new batch shapes pay the cuDNN search here
                 # A short probe first, so that a server far slower than the ceiling still fits the windows.
-                probe = measure_server(pa, procs[n], c, max(50, 2 * c), args.pa_threads, n, args.pa_timeout_s)
+                probe = measure_server(pa, procs[n], c, max(50, 2 * c), args.pa_threads, n, args.pa_timeout_s, pa_extra)
                 requests = max(50, int(min(rate, probe.infer_per_s or rate) * args.window_s))
-                warm = measure_server(pa, procs[n], c, requests, args.pa_threads, n, args.pa_timeout_s)
+                warm = measure_server(pa, procs[n], c, requests, args.pa_threads, n, args.pa_timeout_s, pa_extra)
                 guesses[n, c] = warm.infer_per_s or probe.infer_per_s
                 print(f"warm-up {n}x C={c}: probe {brief(probe)} {probe.error}", flush=True)
                 print(f"warm-up {n}x C={c}: {brief(warm)} {warm.error}", flush=True)
@@ -519,11 +531,11 @@ def run(args: argparse.Namespace) -> int:
                     previous = [s.infer_per_s for s in results.server[n][c] if not s.error]
                     guess = previous[-1] if previous else guesses.get((n, c)) or results.ceiling(repeat).images_per_s
                     requests = min(max(50, int(guess * args.window_s)), 50_000)
-                    s = measure_server(pa, procs[n], c, requests, args.pa_threads, n, args.pa_timeout_s)
+                    s = measure_server(pa, procs[n], c, requests, args.pa_threads, n, args.pa_timeout_s, pa_extra)
                     results.server[n][c].append(s)
                     line.append(f"{n}x C={c} {brief(s)}" + (f" ({s.error})" if s.error else ""))
             print("; ".join(line), flush=True)
-    lines, verdict = render(results, args.batches, args.target, max(args.concurrency))
+    lines, verdict = render(results, args.batches, args.target, max(args.concurrency), args.shared_memory == "system")
     elapsed = time.perf_counter() - started
     print("\n" + "\n".join(lines) + f"\n\n{elapsed:.0f} s", flush=True)
     if args.json:
@@ -534,6 +546,7 @@ def run(args: argparse.Namespace) -> int:
                     "env": env,
                     "server_side": SERVER_NOTE,
                     "server_args": args.server_arg,
+                    "shared_memory": args.shared_memory,
                     "batches": args.batches,
                     "sweeps": [{v: [asdict(p) for p in s[v]] for v in VARIANTS} for s in results.sweeps],
                     "server": {
@@ -577,6 +590,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--window-s", type=float, default=1.5, help="target seconds per perf_analyzer window")
     parser.add_argument("--threads", type=int, default=min(len(os.sched_getaffinity(0)), 8), help="intra-op threads")
     parser.add_argument("--pa-threads", type=int, default=4, help="perf_analyzer --max-threads")
+    parser.add_argument(
+        "--shared-memory",
+        choices=["none", "system"],
+        default="none",
+        help="system: perf_analyzer sends the images in /dev/shm regions (Triton's extension), not in the requests",
+    )
     parser.add_argument("--target", type=float, default=0.90)
     parser.add_argument(
         "--diagnose-batch", type=int, default=64, help="time the session.run paths (runpaths.py) at this batch; 0: skip"

@@ -107,6 +107,16 @@ def test_cpu_smoke_prints_the_table_and_a_verdict(tmp_path: Path) -> None:
     assert "loop µs/req" in done.stdout and "faults/req" in done.stdout
 
 
+def test_cpu_smoke_with_the_images_in_system_shared_memory(tmp_path: Path) -> None:
+    done, result = _benchmark(tmp_path, "--device", "cpu", "--concurrency", "8", "--shared-memory", "system", *SMOKE)
+    assert done.returncode in (0, 3), done.stdout + done.stderr
+    assert result["shared_memory"] == "system"
+    assert "1 instance, inputs in system shared memory" in done.stdout
+    assert "verdict: ortserve at C=8 (inputs in system shared memory)" in done.stdout
+    samples = result["server"]["1"]["8"]
+    assert samples and all(s["error"] == "" and s["infer_per_s"] > 0 for s in samples), samples
+
+
 def test_cuda_mode_fails_clearly_without_the_cuda_provider(tmp_path: Path) -> None:
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("this onnxruntime has the CUDA provider")
