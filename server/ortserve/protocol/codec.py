@@ -25,7 +25,7 @@ from ortserve import dtypes
 from ortserve.dataplane import InferRequest, InferResponse, ParamValue
 from ortserve.dtypes import DType
 from ortserve.errors import InvalidInputError, ResourceExhaustedError
-from ortserve.protocol.shared_memory import SharedMemoryRegistry, uses_shared_memory, write_outputs
+from ortserve.protocol.shared_memory import REGION, SharedMemoryRegistry, uses_shared_memory, write_outputs
 from ortserve_client.proto import grpc_service_pb2 as pb
 
 _LEN = struct.Struct("<I")
@@ -95,7 +95,8 @@ def decode_request(
                 f"input {name!r}: shape {list(shape)} has a negative dimension; send the actual shape"
             )
         _check_shape(name, dtype, shape, limits)
-        if uses_shared_memory(tensor.parameters):
+        parameters = tensor.parameters
+        if parameters and REGION in parameters:  # uses_shared_memory, inlined: every input passes here
             if shared_memory is None:
                 raise InvalidInputError(
                     f"input {name!r} names a shared memory region, but shared memory is off on this server "
@@ -103,7 +104,7 @@ def decode_request(
                 )
             if tensor.HasField("contents"):
                 raise InvalidInputError(f"input {name!r} has both contents and a shared memory region; send one")
-            inputs[name] = _from_raw(name, dtype, shape, shared_memory.tensor(name, tensor.parameters), limits)
+            inputs[name] = _from_raw(name, dtype, shape, shared_memory.tensor(name, parameters), limits)
         elif raw:
             if tensor.HasField("contents"):
                 raise InvalidInputError(
