@@ -216,7 +216,12 @@ def test_scopes_separate_inference_metadata_and_model_control(secured: RunningSe
     check_add_sub(stub.ModelInfer(request, metadata=bearer(INFER_KEY)), a, b)
     check_add_sub(stub.ModelInfer(request, metadata=bearer(token(scope="inference"))), a, b)
     assert stub.ServerMetadata(pb.ServerMetadataRequest(), metadata=bearer(META_KEY)).name == "ortserve"
+    # Shared memory regions carry an inference client's tensors: the inference scope.
+    assert not stub.SystemSharedMemoryStatus(pb.SystemSharedMemoryStatusRequest(), metadata=bearer(INFER_KEY)).regions
     denied = [
+        (lambda: stub.SystemSharedMemoryRegister(
+            pb.SystemSharedMemoryRegisterRequest(name="r", key="/k", byte_size=4), metadata=bearer(META_KEY)),
+         "key:reader", "inference"),
         (lambda: stub.ModelInfer(request, metadata=bearer(META_KEY)), "key:reader", "inference"),
         (lambda: stub.ModelConfig(pb.ModelConfigRequest(name="add_sub"), metadata=bearer(INFER_KEY)),
          "key:infer-only", "metadata"),
