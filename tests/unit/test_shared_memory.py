@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -84,3 +85,15 @@ def test_outputs_are_written_once_into_their_targets(root: Path) -> None:
 def test_without_a_shared_memory_filesystem_registration_is_unimplemented(tmp_path: Path) -> None:
     with pytest.raises(UnsupportedError, match="not available"):
         SharedMemoryRegistry(tmp_path / "missing").register("r", "/obj", 0, 16)
+
+
+def test_an_object_shrunk_after_registration_is_refused_not_read(root: Path) -> None:
+    registry = SharedMemoryRegistry(root)
+    registry.register("r", "/obj", 0, 1024)
+    registry.tensor("t", _params("r", 16, 1000).parameters)
+    os.truncate(root / "obj", 512)  # reading past it now would fault the process (SIGBUS)
+    with pytest.raises(InvalidInputError, match="has shrunk since it was registered"):
+        registry.tensor("t", _params("r", 16, 1000).parameters)
+    registry.tensor("t", _params("r", 16, 0).parameters)  # what is still there stays usable
+    registry.unregister()
+    assert registry.status() == []

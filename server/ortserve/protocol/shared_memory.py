@@ -22,6 +22,12 @@ registration, read-write, and never unlinks it. Unregistering drops the server's
 the last request using it is done (numpy views keep it alive), so in-flight requests are safe.
 Keys are names under /dev/shm only (no path separators): a client cannot make the server map an
 arbitrary file. Linux only: where /dev/shm does not exist, registration fails with UNIMPLEMENTED.
+
+Trust: a mapped object that its owner shrinks (ftruncate) faults the process that reads the lost
+pages (SIGBUS), Triton's as much as this one. Each use of a region first checks the object's
+size (one fstat), so an object shrunk between requests is refused with INVALID_ARGUMENT; one
+shrunk *while* a request reads it cannot be caught. Give the inference scope on a shared-memory
+server only to same-host clients you trust, or serve with `--shared-memory off`.
 """
 
 from __future__ import annotations
@@ -60,6 +66,8 @@ class Region:
     byte_size: int
     data: memoryview
     """The region's bytes (writable), a slice of the object's mapping."""
+    fd: int
+    """The object, kept open to check its size before each use (closed on unregister)."""
 
 
 class SharedMemoryRegistry:
@@ -111,22 +119,25 @@ class SharedMemoryRegistry:
                     f"end of {key!r} ({size} bytes)"
                 )
             mapping = mmap.mmap(fd, size)
-        finally:
+            region = Region(name, key, offset, byte_size, memoryview(mapping)[offset : offset + byte_size], fd)
+            with self._lock:
+                if name in self._regions:  # registered meanwhile by another caller
+                    raise RegionExistsError(f"shared memory region {name!r} is already registered")
+                self._regions[name] = region
+        except BaseException:
             os.close(fd)
-        region = Region(name, key, offset, byte_size, memoryview(mapping)[offset : offset + byte_size])
-        with self._lock:
-            if name in self._regions:  # registered meanwhile by another caller
-                raise RegionExistsError(f"shared memory region {name!r} is already registered")
-            self._regions[name] = region
+            raise
         return region
 
     def unregister(self, name: str = "") -> None:
         """Forget one region (empty name: all); unknown names are no error, as in Triton."""
         with self._lock:
             if name:
-                self._regions.pop(name, None)
+                gone = [r for r in (self._regions.pop(name, None),) if r is not None]
             else:
-                self._regions.clear()
+                gone, self._regions = list(self._regions.values()), {}
+        for region in gone:
+            os.close(region.fd)  # the mapping stays while requests still hold views of it
 
     def status(self, name: str = "") -> list[Region]:
         with self._lock:
@@ -152,6 +163,11 @@ class SharedMemoryRegistry:
             raise InvalidInputError(
                 f"tensor {tensor!r}: offset {offset} + byte_size {byte_size} do not fit shared memory "
                 f"region {region.name!r} of {region.byte_size} bytes"
+            )
+        if os.fstat(region.fd).st_size < region.offset + offset + byte_size:
+            raise InvalidInputError(
+                f"tensor {tensor!r}: the object {region.key!r} behind shared memory region {region.name!r} "
+                "has shrunk since it was registered; unregister the region and register it again"
             )
         return region.data[offset : offset + byte_size]
 
