@@ -255,3 +255,22 @@ def test_shared_memory_off_refuses_regions(
         _in_region(request.inputs.add(name="INPUT0", datatype="FP32", shape=[1, 4]), "r", 16)
         e = rpc_error(lambda: off.stub.ModelInfer(request, timeout=10))
         assert e.code() == StatusCode.INVALID_ARGUMENT and "shared memory is off on this server" in e.details()
+
+
+def test_streamed_requests_use_regions_too(srv: RunningServer, block: shared_memory.SharedMemory) -> None:
+    rng = np.random.default_rng(4)
+    a, b = add_sub_inputs(2, rng)
+    _array(block, 0, a.shape)[:] = a
+    _array(block, 256, b.shape)[:] = b
+    _register(srv.stub, "stream", block)
+    try:
+        request = pb.ModelInferRequest(model_name="add_sub", id="s1")
+        _in_region(request.inputs.add(name="INPUT0", datatype="FP32", shape=a.shape), "stream", a.nbytes, 0)
+        _in_region(request.inputs.add(name="INPUT1", datatype="FP32", shape=b.shape), "stream", b.nbytes, 256)
+        _in_region(request.outputs.add(name="OUTPUT1"), "stream", a.nbytes, 512)
+        (reply,) = list(srv.stub.ModelStreamInfer(iter([request]), timeout=10))
+        assert reply.error_message == "" and reply.infer_response.id == "s1"
+        assert list(reply.infer_response.raw_output_contents) == [b""]
+        np.testing.assert_array_equal(_array(block, 512, a.shape), a - b)
+    finally:
+        srv.stub.SystemSharedMemoryUnregister(pb.SystemSharedMemoryUnregisterRequest(name="stream"))
