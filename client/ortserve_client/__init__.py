@@ -9,6 +9,7 @@ the numpy-friendly clients:
   policy (`policy`: deadline, metadata, circuit breaker);
 - `channel`: one long-lived channel per client (targets, TLS/mTLS, auth metadata, keepalive,
   message limits, compression, the service config with round-robin and retries);
+- `shared_memory`: inputs in POSIX shared memory regions, for clients on the server's host;
 - `errors`: one exception class per status family; `tracing`: W3C trace context injection
   when OpenTelemetry is importable; `cli`: the `ortserve-client` command.
 
@@ -41,6 +42,7 @@ from ortserve_client.metadata import ModelMetadata, RepositoryModel, ServerMetad
 from ortserve_client.request import InferRequest
 from ortserve_client.resilience import CircuitBreaker, RetryPolicy
 from ortserve_client.result import InferResult
+from ortserve_client.shared_memory import SharedMemoryRegion, SharedTensor
 
 __all__ = [
     "AsyncInferenceClient",
@@ -62,6 +64,8 @@ __all__ = [
     "RetryPolicy",
     "ServerMetadata",
     "ServerUnavailableError",
+    "SharedMemoryRegion",
+    "SharedTensor",
     "TensorMetadata",
     "TlsConfig",
     "UnauthenticatedError",

@@ -26,6 +26,7 @@ from ortserve_client.proto import model_config_pb2 as mc
 from ortserve_client.request import InferRequest, build_from, build_infer_request, version_str
 from ortserve_client.resilience import UNAVAILABLE, code_of, retry_call_async
 from ortserve_client.result import InferResult, decode_infer_response, decode_stream_response
+from ortserve_client.shared_memory import SharedMemoryRegion
 
 R = TypeVar("R")
 OK = grpc.StatusCode.OK
@@ -148,6 +149,26 @@ class AsyncInferenceClient(ClientBase):
     async def unload_model(self, model: str, *, timeout: float | None = None) -> None:
         request = pb.RepositoryModelUnloadRequest(model_name=model)
         await self._call(self._stub.RepositoryModelUnload, request, timeout)
+
+    # -- shared memory ------------------------------------------------------------------
+
+    async def register_shared_memory(self, region: SharedMemoryRegion, *, timeout: float | None = None) -> None:
+        """Register a region with the server (system shared memory), under `region.name`."""
+        request = pb.SystemSharedMemoryRegisterRequest(name=region.name, key=region.key, byte_size=region.byte_size)
+        await self._call(self._stub.SystemSharedMemoryRegister, request, timeout)
+
+    async def unregister_shared_memory(self, name: str = "", *, timeout: float | None = None) -> None:
+        """Unregister one region ("" for every region this server has)."""
+        request = pb.SystemSharedMemoryUnregisterRequest(name=name)
+        await self._call(self._stub.SystemSharedMemoryUnregister, request, timeout)
+
+    async def shared_memory_status(
+        self, name: str = "", *, timeout: float | None = None
+    ) -> dict[str, tuple[str, int, int]]:
+        """Registered regions ("" for all): name -> (key, offset, byte_size)."""
+        request = pb.SystemSharedMemoryStatusRequest(name=name)
+        response = await self._call(self._stub.SystemSharedMemoryStatus, request, timeout)
+        return {r.name: (r.key, r.offset, r.byte_size) for r in response.regions.values()}
 
     # -- inference ----------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from ortserve_client.proto import model_config_pb2 as mc
 from ortserve_client.request import InferRequest, build_from, build_infer_request, version_str
 from ortserve_client.resilience import UNAVAILABLE, code_of, retry_call
 from ortserve_client.result import InferResult, decode_infer_response, decode_stream_response
+from ortserve_client.shared_memory import SharedMemoryRegion
 
 R = TypeVar("R")
 OK = grpc.StatusCode.OK
@@ -138,6 +139,26 @@ class InferenceClient(ClientBase):
 
     def unload_model(self, model: str, *, timeout: float | None = None) -> None:
         self._call(self._stub.RepositoryModelUnload, pb.RepositoryModelUnloadRequest(model_name=model), timeout)
+
+    # -- shared memory ------------------------------------------------------------------
+
+    def register_shared_memory(self, region: SharedMemoryRegion, *, timeout: float | None = None) -> None:
+        """Register a region with the server (system shared memory), under `region.name`."""
+        request = pb.SystemSharedMemoryRegisterRequest(name=region.name, key=region.key, byte_size=region.byte_size)
+        self._call(self._stub.SystemSharedMemoryRegister, request, timeout)
+
+    def unregister_shared_memory(self, name: str = "", *, timeout: float | None = None) -> None:
+        """Unregister one region ("" for every region this server has)."""
+        request = pb.SystemSharedMemoryUnregisterRequest(name=name)
+        self._call(self._stub.SystemSharedMemoryUnregister, request, timeout)
+
+    def shared_memory_status(
+        self, name: str = "", *, timeout: float | None = None
+    ) -> dict[str, tuple[str, int, int]]:
+        """Registered regions ("" for all): name -> (key, offset, byte_size)."""
+        request = pb.SystemSharedMemoryStatusRequest(name=name)
+        response = self._call(self._stub.SystemSharedMemoryStatus, request, timeout)
+        return {r.name: (r.key, r.offset, r.byte_size) for r in response.regions.values()}
 
     # -- inference ----------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from ortserve_client.codec import ParameterValue, encode_tensor, set_parameters
 from ortserve_client.proto import grpc_service_pb2 as pb
+from ortserve_client.shared_memory import SharedTensor
 
 _Tensor = pb.ModelInferRequest.InferInputTensor
 _TEMPLATES: dict[tuple[str, str, tuple[int, ...]], pb.ModelInferRequest.InferInputTensor] = {}
@@ -37,7 +38,7 @@ class InferRequest:
     model: str
     """Model name."""
     inputs: Mapping[str, Any]
-    """Input name -> numpy array (or anything `np.asarray` accepts)."""
+    """Input name -> numpy array (or anything `np.asarray` accepts, or a shared memory SharedTensor)."""
     outputs: Iterable[str] | None = None
     """Outputs to return (None: every output of the model)."""
     version: str | int | None = None
@@ -60,7 +61,7 @@ def build_infer_request(
     priority: int | None = None,
     parameters: Mapping[str, ParameterValue] | None = None,
 ) -> pb.ModelInferRequest:
-    """A ModelInferRequest carrying every input in `raw_input_contents`."""
+    """A ModelInferRequest carrying every input in `raw_input_contents`, or named by a SharedTensor."""
     request = pb.ModelInferRequest(model_name=model)
     if version is not None:
         request.model_version = str(version)
@@ -69,6 +70,13 @@ def build_infer_request(
     add = request.inputs.append
     raw = request.raw_input_contents.append
     for name, value in inputs.items():
+        if isinstance(value, SharedTensor):  # in a registered region: named, not sent
+            tensor = request.inputs.add()
+            tensor.CopyFrom(input_tensor(name, value.datatype, value.shape))
+            tensor.parameters["shared_memory_region"].string_param = value.region
+            tensor.parameters["shared_memory_byte_size"].int64_param = value.byte_size
+            tensor.parameters["shared_memory_offset"].int64_param = value.offset
+            continue
         datatype, shape, data = encode_tensor(name, value)
         add(input_tensor(name, datatype, shape))
         raw(data)
