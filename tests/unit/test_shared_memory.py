@@ -8,7 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ortserve.errors import InvalidInputError, RegionExistsError, RegionNotFoundError, UnsupportedError
+from ortserve.errors import (
+    InvalidInputError,
+    RegionExistsError,
+    RegionNotFoundError,
+    ResourceExhaustedError,
+    UnsupportedError,
+)
+from ortserve.protocol import shared_memory
 from ortserve.protocol.shared_memory import SharedMemoryRegistry, output_targets, write_outputs
 from ortserve_client.proto import grpc_service_pb2 as pb
 
@@ -87,13 +94,31 @@ def test_without_a_shared_memory_filesystem_registration_is_unimplemented(tmp_pa
         SharedMemoryRegistry(tmp_path / "missing").register("r", "/obj", 0, 16)
 
 
-def test_an_object_shrunk_after_registration_is_refused_not_read(root: Path) -> None:
+def test_an_object_shrunk_removed_or_replaced_after_registration_is_refused_not_read(root: Path) -> None:
     registry = SharedMemoryRegistry(root)
     registry.register("r", "/obj", 0, 1024)
     registry.tensor("t", _params("r", 16, 1000).parameters)
     os.truncate(root / "obj", 512)  # reading past it now would fault the process (SIGBUS)
-    with pytest.raises(InvalidInputError, match="has shrunk since it was registered"):
+    with pytest.raises(InvalidInputError, match="removed, replaced or shrunk since it was registered"):
         registry.tensor("t", _params("r", 16, 1000).parameters)
     registry.tensor("t", _params("r", 16, 0).parameters)  # what is still there stays usable
+    (root / "obj").unlink()
+    (root / "obj").write_bytes(b"\0" * 1024)  # same name, same size, another object
+    with pytest.raises(InvalidInputError, match="removed, replaced or shrunk"):
+        registry.tensor("t", _params("r", 16, 0).parameters)
+    (root / "obj").unlink()
+    with pytest.raises(InvalidInputError, match="removed, replaced or shrunk"):
+        registry.tensor("t", _params("r", 16, 0).parameters)
     registry.unregister()
     assert registry.status() == []
+
+
+def test_regions_are_bounded(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shared_memory, "MAX_REGIONS", 3)
+    registry = SharedMemoryRegistry(root)
+    for i in range(3):
+        registry.register(f"r{i}", "/obj", 0, 16)
+    with pytest.raises(ResourceExhaustedError, match="3 shared memory regions already"):
+        registry.register("r3", "/obj", 0, 16)
+    registry.unregister("r0")
+    registry.register("r3", "/obj", 0, 16)

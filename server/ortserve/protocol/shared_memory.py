@@ -24,10 +24,13 @@ Keys are names under /dev/shm only (no path separators): a client cannot make th
 arbitrary file. Linux only: where /dev/shm does not exist, registration fails with UNIMPLEMENTED.
 
 Trust: a mapped object that its owner shrinks (ftruncate) faults the process that reads the lost
-pages (SIGBUS), Triton's as much as this one. Each use of a region first checks the object's
-size (one fstat), so an object shrunk between requests is refused with INVALID_ARGUMENT; one
-shrunk *while* a request reads it cannot be caught. Give the inference scope on a shared-memory
-server only to same-host clients you trust, or serve with `--shared-memory off`.
+pages (SIGBUS), Triton's as much as this one. Each use of a region first looks the object up
+(one stat of its name), so an object shrunk, removed or replaced since its registration is
+refused with INVALID_ARGUMENT; one shrunk *while* a request reads it cannot be caught. The server
+holds no file descriptor per region (a mapping outlives its descriptor), and at most
+MAX_REGIONS regions (RESOURCE_EXHAUSTED beyond), so registrations cannot exhaust its files.
+Give the inference scope on a shared-memory server only to same-host clients you trust, or
+serve with `--shared-memory off`.
 """
 
 from __future__ import annotations
@@ -45,11 +48,15 @@ from ortserve.errors import (
     InvalidInputError,
     RegionExistsError,
     RegionNotFoundError,
+    ResourceExhaustedError,
     UnsupportedError,
 )
 
 SHM_ROOT = Path("/dev/shm")
 _KEY = re.compile(r"^/?[^/\x00]+$")
+
+MAX_REGIONS = 1024
+"""Regions one server holds at once (each is a mapping)."""
 
 REGION = "shared_memory_region"
 BYTE_SIZE = "shared_memory_byte_size"
@@ -66,8 +73,9 @@ class Region:
     byte_size: int
     data: memoryview
     """The region's bytes (writable), a slice of the object's mapping."""
-    fd: int
-    """The object, kept open to check its size before each use (closed on unregister)."""
+    path: Path
+    inode: int
+    """The mapped object's inode: a different one under `path` means the object was replaced."""
 
 
 class SharedMemoryRegistry:
@@ -112,32 +120,35 @@ class SharedMemoryRegistry:
                 f"shared memory region {name!r}: cannot open {key!r} for reading and writing: {exc.strerror}"
             ) from None
         try:
-            size = os.fstat(fd).st_size
+            stat = os.fstat(fd)
+            size = stat.st_size
             if offset + byte_size > size:
                 raise InvalidInputError(
                     f"shared memory region {name!r}: offset {offset} + byte_size {byte_size} runs past the "
                     f"end of {key!r} ({size} bytes)"
                 )
             mapping = mmap.mmap(fd, size)
-            region = Region(name, key, offset, byte_size, memoryview(mapping)[offset : offset + byte_size], fd)
-            with self._lock:
-                if name in self._regions:  # registered meanwhile by another caller
-                    raise RegionExistsError(f"shared memory region {name!r} is already registered")
-                self._regions[name] = region
-        except BaseException:
-            os.close(fd)
-            raise
+        finally:
+            os.close(fd)  # the mapping keeps the object
+        data = memoryview(mapping)[offset : offset + byte_size]
+        region = Region(name, key, offset, byte_size, data, path, stat.st_ino)
+        with self._lock:
+            if name in self._regions:  # registered meanwhile by another caller
+                raise RegionExistsError(f"shared memory region {name!r} is already registered")
+            if len(self._regions) >= MAX_REGIONS:
+                raise ResourceExhaustedError(
+                    f"this server holds {MAX_REGIONS} shared memory regions already; unregister some first"
+                )
+            self._regions[name] = region
         return region
 
     def unregister(self, name: str = "") -> None:
         """Forget one region (empty name: all); unknown names are no error, as in Triton."""
-        with self._lock:
+        with self._lock:  # a mapping stays while requests still hold views of it
             if name:
-                gone = [r for r in (self._regions.pop(name, None),) if r is not None]
+                self._regions.pop(name, None)
             else:
-                gone, self._regions = list(self._regions.values()), {}
-        for region in gone:
-            os.close(region.fd)  # the mapping stays while requests still hold views of it
+                self._regions.clear()
 
     def status(self, name: str = "") -> list[Region]:
         with self._lock:
@@ -164,10 +175,15 @@ class SharedMemoryRegistry:
                 f"tensor {tensor!r}: offset {offset} + byte_size {byte_size} do not fit shared memory "
                 f"region {region.name!r} of {region.byte_size} bytes"
             )
-        if os.fstat(region.fd).st_size < region.offset + offset + byte_size:
+        try:
+            stat = os.stat(region.path)
+        except OSError:
+            stat = None
+        if stat is None or stat.st_ino != region.inode or stat.st_size < region.offset + offset + byte_size:
             raise InvalidInputError(
                 f"tensor {tensor!r}: the object {region.key!r} behind shared memory region {region.name!r} "
-                "has shrunk since it was registered; unregister the region and register it again"
+                "has been removed, replaced or shrunk since it was registered; unregister the region "
+                "and register it again"
             )
         return region.data[offset : offset + byte_size]
 
