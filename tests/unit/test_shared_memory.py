@@ -122,3 +122,20 @@ def test_regions_are_bounded(root: Path, monkeypatch: pytest.MonkeyPatch) -> Non
         registry.register("r3", "/obj", 0, 16)
     registry.unregister("r0")
     registry.register("r3", "/obj", 0, 16)
+
+
+def test_only_regular_objects_are_mapped_never_what_a_link_points_to(
+    root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    outside = tmp_path_factory.mktemp("outside") / "precious"
+    outside.write_bytes(b"keep me" + b"\0" * 57)
+    (root / "link").symlink_to(outside)
+    os.mkfifo(root / "fifo")
+    registry = SharedMemoryRegistry(root)
+    with pytest.raises(InvalidInputError, match="cannot open '/link'"):
+        registry.register("r", "/link", 0, 16)
+    with pytest.raises(InvalidInputError, match="is not a shared memory object"):
+        registry.register("r", "/fifo", 0, 16)
+    with pytest.raises(InvalidInputError, match="cannot open '/sub'"):
+        registry.register("r", "/sub", 0, 16)
+    assert outside.read_bytes().startswith(b"keep me") and registry.status() == []

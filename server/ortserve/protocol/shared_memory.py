@@ -20,8 +20,9 @@ The client owns the memory and must not change an input region until its respons
 nor read an output region before (as with Triton). The server maps the whole object once per
 registration, read-write, and never unlinks it. Unregistering drops the server's mapping when
 the last request using it is done (numpy views keep it alive), so in-flight requests are safe.
-Keys are names under /dev/shm only (no path separators): a client cannot make the server map an
-arbitrary file. Linux only: where /dev/shm does not exist, registration fails with UNIMPLEMENTED.
+Keys are names under /dev/shm only (no path separators), opened without following symlinks and
+mapped only if they are regular objects: a client cannot make the server map (and write outputs
+into) a file elsewhere. Linux only: where /dev/shm does not exist, registration fails with UNIMPLEMENTED.
 
 Trust: a mapped object that its owner shrinks (ftruncate) faults the process that reads the lost
 pages (SIGBUS), Triton's as much as this one. Each use of a region first looks the object up
@@ -42,6 +43,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any
 
 from ortserve.errors import (
@@ -109,18 +111,24 @@ class SharedMemoryRegistry:
                 )
         path = self._root / key.lstrip("/")
         try:
-            fd = os.open(path, os.O_RDWR)
+            # No symlinks: a link in /dev/shm to a file the server may write would hand a client that file.
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
             raise InvalidInputError(
                 f"shared memory region {name!r}: no shared memory object {key!r} on the server's host "
                 "(create it with shm_open on this host first)"
             ) from None
-        except OSError as exc:
+        except OSError as exc:  # ELOOP for a symlink, EACCES, EISDIR, ...
             raise InvalidInputError(
                 f"shared memory region {name!r}: cannot open {key!r} for reading and writing: {exc.strerror}"
             ) from None
         try:
             stat = os.fstat(fd)
+            if not S_ISREG(stat.st_mode):
+                raise InvalidInputError(
+                    f"shared memory region {name!r}: {key!r} is not a shared memory object (a regular file "
+                    "under /dev/shm)"
+                )
             size = stat.st_size
             if offset + byte_size > size:
                 raise InvalidInputError(
@@ -176,7 +184,7 @@ class SharedMemoryRegistry:
                 f"region {region.name!r} of {region.byte_size} bytes"
             )
         try:
-            stat = os.stat(region.path)
+            stat = os.stat(region.path, follow_symlinks=False)
         except OSError:
             stat = None
         if stat is None or stat.st_ino != region.inode or stat.st_size < region.offset + offset + byte_size:
