@@ -42,7 +42,7 @@ from ortserve_client.metadata import ModelMetadata, RepositoryModel, ServerMetad
 from ortserve_client.request import InferRequest
 from ortserve_client.resilience import CircuitBreaker, RetryPolicy
 from ortserve_client.result import InferResult
-from ortserve_client.shared_memory import SharedMemoryRegion, SharedTensor
+from ortserve_client.shared_memory import SharedMemoryRegion, SharedOutput, SharedTensor
 
 __all__ = [
     "AsyncInferenceClient",
@@ -65,6 +65,7 @@ __all__ = [
     "ServerMetadata",
     "ServerUnavailableError",
     "SharedMemoryRegion",
+    "SharedOutput",
     "SharedTensor",
     "TensorMetadata",
     "TlsConfig",

@@ -23,10 +23,10 @@ from ortserve_client.policy import ClientBase
 from ortserve_client.proto import grpc_service_pb2 as pb
 from ortserve_client.proto import grpc_service_pb2_grpc as pb_grpc
 from ortserve_client.proto import model_config_pb2 as mc
-from ortserve_client.request import InferRequest, build_from, build_infer_request, version_str
+from ortserve_client.request import InferRequest, build_from, build_infer_request, shared_outputs, version_str
 from ortserve_client.resilience import UNAVAILABLE, code_of, retry_call_async
 from ortserve_client.result import InferResult, decode_infer_response, decode_stream_response
-from ortserve_client.shared_memory import SharedMemoryRegion
+from ortserve_client.shared_memory import SharedMemoryRegion, SharedOutput
 
 R = TypeVar("R")
 OK = grpc.StatusCode.OK
@@ -177,7 +177,7 @@ class AsyncInferenceClient(ClientBase):
         model: str,
         inputs: Mapping[str, Any],
         *,
-        outputs: Iterable[str] | None = None,
+        outputs: Iterable[str | SharedOutput] | None = None,
         version: str | int | None = None,
         timeout: float | None = None,
         priority: int | None = None,
@@ -185,6 +185,8 @@ class AsyncInferenceClient(ClientBase):
         parameters: Mapping[str, ParameterValue] | None = None,
     ) -> InferResult:
         """Run one inference; `timeout` is this call's deadline in seconds (default: the client's)."""
+        if outputs is not None and not isinstance(outputs, str):
+            outputs = list(outputs)  # read twice: into the request, and for the shared memory ones
         request = build_infer_request(
             model,
             inputs,
@@ -194,7 +196,8 @@ class AsyncInferenceClient(ClientBase):
             priority=priority,
             parameters=parameters,
         )
-        return decode_infer_response(await self._call(self._stub.ModelInfer, request, timeout, model))
+        response = await self._call(self._stub.ModelInfer, request, timeout, model)
+        return decode_infer_response(response, shared_outputs(outputs))
 
     async def infer_stream(
         self,

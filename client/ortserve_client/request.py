@@ -13,7 +13,7 @@ from typing import Any
 
 from ortserve_client.codec import ParameterValue, encode_tensor, set_parameters
 from ortserve_client.proto import grpc_service_pb2 as pb
-from ortserve_client.shared_memory import SharedTensor
+from ortserve_client.shared_memory import SharedOutput, SharedTensor
 
 _Tensor = pb.ModelInferRequest.InferInputTensor
 _TEMPLATES: dict[tuple[str, str, tuple[int, ...]], pb.ModelInferRequest.InferInputTensor] = {}
@@ -39,8 +39,8 @@ class InferRequest:
     """Model name."""
     inputs: Mapping[str, Any]
     """Input name -> numpy array (or anything `np.asarray` accepts, or a shared memory SharedTensor)."""
-    outputs: Iterable[str] | None = None
-    """Outputs to return (None: every output of the model)."""
+    outputs: Iterable[str | SharedOutput] | None = None
+    """Outputs to return (None: every output of the model); a SharedOutput is written into its region."""
     version: str | int | None = None
     """Model version (None: the version the server's policy serves)."""
     request_id: str | None = None
@@ -55,7 +55,7 @@ def build_infer_request(
     model: str,
     inputs: Mapping[str, Any],
     *,
-    outputs: Iterable[str] | None = None,
+    outputs: Iterable[str | SharedOutput] | None = None,
     version: str | int | None = None,
     request_id: str | None = None,
     priority: int | None = None,
@@ -83,8 +83,14 @@ def build_infer_request(
     if outputs is not None:
         if isinstance(outputs, str):
             raise TypeError("outputs must be a list of output names, not one string")
-        for name in outputs:
-            request.outputs.add(name=name)
+        for item in outputs:
+            if isinstance(item, SharedOutput):  # written into a registered region, not sent back
+                wanted = request.outputs.add(name=item.name)
+                wanted.parameters["shared_memory_region"].string_param = item.region
+                wanted.parameters["shared_memory_byte_size"].int64_param = item.byte_size
+                wanted.parameters["shared_memory_offset"].int64_param = item.offset
+            else:
+                request.outputs.add(name=item)
     if priority is not None:
         if isinstance(priority, bool) or not isinstance(priority, int) or priority < 0:
             raise ValueError(f"priority must be a non-negative int, got {priority!r}")
@@ -110,3 +116,11 @@ def build_from(request: InferRequest, default_id: str = "") -> pb.ModelInferRequ
 def version_str(version: str | int | None) -> str:
     """The wire form of an optional model version ("" asks for the server's default)."""
     return "" if version is None else str(version)
+
+
+def shared_outputs(outputs: Iterable[str | SharedOutput] | None) -> dict[str, SharedOutput] | None:
+    """The outputs asked into shared memory, by name (None when there are none: the common case)."""
+    if outputs is None or isinstance(outputs, str):
+        return None
+    found = {o.name: o for o in outputs if isinstance(o, SharedOutput)}
+    return found or None

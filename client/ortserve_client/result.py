@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 
 import numpy as np
@@ -10,6 +11,7 @@ from ortserve_client.codec import Array, ParameterValue, decode_contents, decode
 from ortserve_client.dtypes import NUMPY_OF
 from ortserve_client.errors import InferenceServerError
 from ortserve_client.proto import grpc_service_pb2 as pb
+from ortserve_client.shared_memory import SharedOutput
 
 _FIXED = {name: dtype for name, dtype in NUMPY_OF.items() if name != "BYTES"}
 
@@ -91,8 +93,15 @@ class InferResult(Mapping[str, Array]):
         return f"InferResult({where}, {{{shown}}}{failed})"
 
 
-def decode_infer_response(response: pb.ModelInferResponse) -> InferResult:
-    """Decode every output of a ModelInferResponse (raw contents, or typed contents if none)."""
+def decode_infer_response(
+    response: pb.ModelInferResponse, shared: Mapping[str, SharedOutput] | None = None
+) -> InferResult:
+    """Decode every output of a ModelInferResponse (raw contents, or typed contents if none).
+
+    An output in `shared` was written into its shared memory region: its array is a view of
+    the region. Any other output with an empty raw entry but elements is one the server wrote
+    into a region this call did not name (a stream's): it is left out, as tritonclient does.
+    """
     outputs: dict[str, Array] = {}
     datatypes: dict[str, str] = {}
     raw = response.raw_output_contents
@@ -104,6 +113,11 @@ def decode_infer_response(response: pb.ModelInferResponse) -> InferResult:
         for tensor, data in zip(tensors, raw, strict=True):
             name = tensor.name
             datatype = tensor.datatype
+            if not data and math.prod(tensor.shape) != 0:  # elements, yet no bytes: in shared memory
+                if shared and name in shared:
+                    outputs[name] = shared[name].read(datatype, tuple(tensor.shape))
+                    datatypes[name] = datatype
+                continue
             dtype = _FIXED.get(datatype)
             array = None
             if dtype is not None:  # the common case inline: a read-only view of the bytes

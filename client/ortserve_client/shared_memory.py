@@ -11,14 +11,16 @@ region instead of the request, so a large tensor costs the request a few hundred
 
 `put` lays tensors out one after another (64-byte aligned) until `reset`; a reference stays
 valid until its bytes are overwritten, so do not `reset` or overwrite while a request that
-names them is in flight. The region is a `multiprocessing.shared_memory` object that this
-process creates and, on `close`, unlinks; unregister it from the server first. Outputs still
-come back in the response.
+names them is in flight. An output can be asked into the region too: pass
+`region.output("y", byte_size)` among `outputs`; the result's array for it is then a read-only
+view of the region (copy it before the region is reused). Numeric outputs only: a BYTES
+output's length is not known in advance. The region is a `multiprocessing.shared_memory`
+object that this process creates and, on `close`, unlinks; unregister it from the server first.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
@@ -42,6 +44,30 @@ class SharedTensor:
     datatype: str
     """The protocol's datatype name, e.g. "FP32"."""
     shape: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SharedOutput:
+    """An output the server is to write into a registered region: pass it among `outputs`."""
+
+    name: str
+    """The model output's name."""
+    region: str
+    offset: int
+    byte_size: int
+    memory: SharedMemoryRegion = field(repr=False, compare=False)
+    """Where the result's view of the output comes from."""
+
+    def read(self, datatype: str, shape: tuple[int, ...]) -> np.ndarray:
+        """The output as the server wrote it: a read-only view of the region."""
+        if datatype == "BYTES":
+            raise ValueError(
+                f"output {self.name!r}: BYTES outputs cannot come back through shared memory with this "
+                "client (their length is unknown in advance); request them in the response"
+            )
+        array = self.memory.view(SharedTensor(self.region, self.offset, self.byte_size, datatype, shape))
+        array.flags.writeable = False
+        return array
 
 
 class SharedMemoryRegion:
@@ -78,6 +104,19 @@ class SharedMemoryRegion:
         if offset is None:
             self._next = -(-end // _ALIGN) * _ALIGN
         return SharedTensor(self.name, start, len(data), datatype, shape)
+
+    def output(self, name: str, byte_size: int, offset: int | None = None) -> SharedOutput:
+        """Room for output `name` (at `offset`, or after the last tensor): pass it among `outputs`."""
+        start = self._next if offset is None else offset
+        end = start + byte_size
+        if byte_size <= 0 or start < 0 or end > self.byte_size:
+            raise ValueError(
+                f"{byte_size} bytes for output {name!r} at offset {start} do not fit region {self.name!r} "
+                f"of {self.byte_size} bytes"
+            )
+        if offset is None:
+            self._next = -(-end // _ALIGN) * _ALIGN
+        return SharedOutput(name, self.name, start, byte_size, self)
 
     def view(self, tensor: SharedTensor) -> np.ndarray:
         """The tensor's bytes in the region as an array (no copy; not for BYTES tensors)."""

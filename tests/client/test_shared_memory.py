@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ortserve_client import AsyncInferenceClient, InferenceClient, InvalidInputError, SharedMemoryRegion
+from ortserve_client import AsyncInferenceClient, InferenceClient, InvalidInputError, SharedMemoryRegion, SharedTensor
 from tests.client.conftest import IDENTITY
 from tests.harness import RunningServer
 
@@ -64,9 +64,50 @@ def test_the_async_client_uses_regions_too(srv: RunningServer) -> None:
                 try:
                     assert list(await aclient.shared_memory_status("client-async")) == ["client-async"]
                     ra = region.put(a)
-                    result = await aclient.infer("add_sub", {"INPUT0": ra, "INPUT1": ra})
+                    out1 = region.output("OUTPUT1", a.nbytes)
+                    result = await aclient.infer("add_sub", {"INPUT0": ra, "INPUT1": ra}, outputs=["OUTPUT0", out1])
                     np.testing.assert_array_equal(result["OUTPUT0"], a + a)
+                    np.testing.assert_array_equal(result["OUTPUT1"], a - a)
                 finally:
                     await aclient.unregister_shared_memory()
 
     asyncio.run(main())
+
+
+def test_outputs_into_a_region_come_back_as_views_of_it(client: InferenceClient) -> None:
+    a = np.arange(8, dtype=np.float32).reshape(2, 4)
+    with SharedMemoryRegion("client-out", 4096) as region:
+        client.register_shared_memory(region)
+        try:
+            ra = region.put(a)
+            out0 = region.output("OUTPUT0", a.nbytes)
+            result = client.infer("add_sub", {"INPUT0": ra, "INPUT1": a}, outputs=iter([out0, "OUTPUT1"]))
+            assert list(result) == ["OUTPUT0", "OUTPUT1"]
+            np.testing.assert_array_equal(result["OUTPUT0"], a + a)  # read from the region
+            np.testing.assert_array_equal(result["OUTPUT1"], a - a)  # from the response
+            assert not result["OUTPUT0"].flags.writeable
+            np.testing.assert_array_equal(region.view(ra), a)  # the input was not overwritten
+            with pytest.raises(ValueError, match="do not fit region 'client-out'"):
+                region.output("OUTPUT0", 8192)
+            # A BYTES output's length is unknown in advance: the client says to take it in the response.
+            text = region.put(np.array([b"a", b"bc", b"d"], dtype=object).reshape(1, 3, 1))
+            with pytest.raises(ValueError, match="BYTES outputs cannot come back through shared memory"):
+                client.infer(IDENTITY["BYTES"], {"x": text}, outputs=[region.output("y", 64)])
+        finally:
+            client.unregister_shared_memory("client-out")
+
+
+def test_a_streamed_output_in_a_region_is_left_out_of_the_result(client: InferenceClient) -> None:
+    from ortserve_client import InferRequest
+
+    a = np.ones((1, 4), np.float32)
+    with SharedMemoryRegion("client-stream", 1024) as region:
+        client.register_shared_memory(region)
+        try:
+            out0 = region.output("OUTPUT0", a.nbytes)
+            request = InferRequest("add_sub", {"INPUT0": a, "INPUT1": a}, outputs=[out0, "OUTPUT1"], request_id="s")
+            (result,) = list(client.infer_stream([request]))
+            assert result.raise_for_error() and list(result) == ["OUTPUT1"] and result.as_numpy("OUTPUT0") is None
+            np.testing.assert_array_equal(region.view(SharedTensor("client-stream", 0, 16, "FP32", (1, 4))), a + a)
+        finally:
+            client.unregister_shared_memory("client-stream")
