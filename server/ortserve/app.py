@@ -40,6 +40,7 @@ from ortserve.observability import (
     DriftOptions,
     GpuCollector,
     OrtserveCollector,
+    SharedMemoryCollector,
     StatsCollector,
     Tracing,
     run_drift_schedule,
@@ -94,6 +95,8 @@ class OrtServer:
         )
         self._drift_task: asyncio.Task[None] | None = None
         self._gpu = GpuCollector() if settings.triton_metrics else None
+        self.shared_memory = SharedMemoryRegistry() if settings.shared_memory == "system" else None
+        """Regions same-host clients registered (Triton's system shared memory); None when off."""
         self.registry = ModelRegistry(
             self.repository,
             RuntimeOptions(device=settings.device, intra_op_threads=settings.intra_op_threads),
@@ -141,7 +144,7 @@ class OrtServer:
                 InferenceServicer(
                     self.dataplane,
                     DecodeLimits(max_tensor_elements=s.max_tensor_elements),
-                    SharedMemoryRegistry() if s.shared_memory == "system" else None,
+                    self.shared_memory,
                 )
             ),
             self._grpc,
@@ -225,6 +228,8 @@ class OrtServer:
         registry = self.metrics_registry
         registry.register(OrtserveCollector(self.registry.stats, self._batchers))
         registry.register(DriftCollector(self._drift_monitors))
+        if self.shared_memory is not None:
+            registry.register(SharedMemoryCollector(self.shared_memory.usage))
         if self.settings.triton_metrics:
             registry.register(StatsCollector(self.registry.stats, self._batchers))
             assert self._gpu is not None

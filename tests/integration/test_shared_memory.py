@@ -7,6 +7,7 @@ in the tensors' `shared_memory_*` parameters instead of raw_input_contents.
 
 from __future__ import annotations
 
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing import shared_memory
@@ -15,6 +16,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from ortserve_client.proto import grpc_service_pb2 as pb
 from tests import models
@@ -274,3 +276,21 @@ def test_streamed_requests_use_regions_too(srv: RunningServer, block: shared_mem
         np.testing.assert_array_equal(_array(block, 512, a.shape), a - b)
     finally:
         srv.stub.SystemSharedMemoryUnregister(pb.SystemSharedMemoryUnregisterRequest(name="stream"))
+
+
+def _gauges(srv: RunningServer) -> tuple[float, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{srv.http_port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    values = {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples}
+    return values["ortserve_shared_memory_regions"], values["ortserve_shared_memory_bytes"]
+
+
+def test_registered_regions_show_in_the_metrics(srv: RunningServer, block: shared_memory.SharedMemory) -> None:
+    assert _gauges(srv) == (0, 0)
+    _register(srv.stub, "m1", block, size=1000)
+    _register(srv.stub, "m2", block, offset=1000, size=24)
+    try:
+        assert _gauges(srv) == (2, 1024)
+    finally:
+        srv.stub.SystemSharedMemoryUnregister(pb.SystemSharedMemoryUnregisterRequest())
+    assert _gauges(srv) == (0, 0)

@@ -14,7 +14,7 @@ from ortserve.observability.drift import DriftCollector, DriftMonitor, DriftOpti
 from ortserve.observability.gpu import GpuCollector
 from ortserve.observability.histograms import Histogram
 from ortserve.observability.logs import configure_logging
-from ortserve.observability.metrics import OrtserveCollector, StatsCollector
+from ortserve.observability.metrics import OrtserveCollector, SharedMemoryCollector, StatsCollector
 from ortserve.observability.statistics import BatchSizeStats, Duration, ModelStats
 from ortserve.observability.tracing import RequestSpan, Tracing, current_request, tracing_from_env
 
@@ -28,6 +28,7 @@ __all__ = [
     "Histogram",
     "ModelStats",
     "OrtserveCollector",
+    "SharedMemoryCollector",
     "RequestSpan",
     "StatsCollector",
     "Tracing",

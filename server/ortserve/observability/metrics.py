@@ -287,3 +287,20 @@ class OrtserveCollector(Collector):
         yield holds
         yield held
         yield from targets
+
+
+class SharedMemoryCollector(Collector):
+    """ortserve_shared_memory_{regions,bytes}: what same-host clients have registered (read at scrape)."""
+
+    def __init__(self, usage: Callable[[], tuple[int, int]]) -> None:
+        self._usage = usage
+        """() -> (regions, bytes) currently registered."""
+
+    def collect(self) -> Iterator[Metric]:
+        regions, size = self._usage()
+        yield GaugeMetricFamily(
+            "ortserve_shared_memory_regions", "System shared memory regions registered by clients.", value=regions
+        )
+        yield GaugeMetricFamily(
+            "ortserve_shared_memory_bytes", "Bytes of the registered system shared memory regions.", value=size
+        )

@@ -150,6 +150,11 @@ class SharedMemoryRegistry:
             self._regions[name] = region
         return region
 
+    def usage(self) -> tuple[int, int]:
+        """(regions, bytes) registered now (for the metrics)."""
+        with self._lock:
+            return len(self._regions), sum(r.byte_size for r in self._regions.values())
+
     def unregister(self, name: str = "") -> None:
         """Forget one region (empty name: all); unknown names are no error, as in Triton."""
         with self._lock:  # a mapping stays while requests still hold views of it
