@@ -177,6 +177,8 @@ def test_server_environment_names_are_settings_and_values_validate(overlay: Rend
     assert ours <= SETTING_ENV_NAMES, f"unknown settings: {sorted(ours - SETTING_ENV_NAMES)}"
     settings = _settings(overlay, tmp_path)  # raises SettingsError on a bad value
     assert settings.device in ("cuda", "cpu"), "a deployment names its device instead of guessing"
+    # No client shares the pod's /dev/shm: the shared memory RPCs would only expose the server's own objects.
+    assert settings.shared_memory == "off"
 
 
 def test_a_bad_setting_value_would_be_caught(overlay: Rendered) -> None:

@@ -30,8 +30,10 @@ pages (SIGBUS), Triton's as much as this one. Each use of a region first looks t
 refused with INVALID_ARGUMENT; one shrunk *while* a request reads it cannot be caught. The server
 holds no file descriptor per region (a mapping outlives its descriptor), and at most
 MAX_REGIONS regions (RESOURCE_EXHAUSTED beyond), so registrations cannot exhaust its files.
-Give the inference scope on a shared-memory server only to same-host clients you trust, or
-serve with `--shared-memory off`.
+Any client with the inference scope, remote ones too, can register the regular objects in the
+server host's /dev/shm and so read and write them through a model: where other software keeps
+shared memory there, give that scope only to clients you trust, or serve with
+`--shared-memory off` (the Kubernetes manifests do).
 """
 
 from __future__ import annotations
