@@ -67,6 +67,14 @@ def _array(shm: shared_memory.SharedMemory, offset: int, shape: tuple[int, ...])
     return np.ndarray(shape, np.float32, buffer=shm.buf, offset=offset)
 
 
+def _staged(block: shared_memory.SharedMemory, rows: int, seed: int, second_at: int) -> tuple[np.ndarray, np.ndarray]:
+    """add_sub's two inputs, written into the block at offset 0 and `second_at`."""
+    a, b = add_sub_inputs(rows, np.random.default_rng(seed))
+    _array(block, 0, a.shape)[:] = a
+    _array(block, second_at, b.shape)[:] = b
+    return a, b
+
+
 def test_the_extension_is_advertised(srv: RunningServer) -> None:
     assert "system_shared_memory" in srv.stub.ServerMetadata(pb.ServerMetadataRequest()).extensions
 
@@ -74,10 +82,7 @@ def test_the_extension_is_advertised(srv: RunningServer) -> None:
 def test_inputs_and_outputs_in_a_region_give_what_the_wire_gives(
     srv: RunningServer, block: shared_memory.SharedMemory
 ) -> None:
-    rng = np.random.default_rng(0)
-    a, b = add_sub_inputs(3, rng)
-    _array(block, 0, a.shape)[:] = a
-    _array(block, 1024, b.shape)[:] = b
+    a, b = _staged(block, 3, 0, 1024)
     _register(srv.stub, "io", block)
     try:
         status = srv.stub.SystemSharedMemoryStatus(pb.SystemSharedMemoryStatusRequest(name="io"))
@@ -260,10 +265,7 @@ def test_shared_memory_off_refuses_regions(
 
 
 def test_streamed_requests_use_regions_too(srv: RunningServer, block: shared_memory.SharedMemory) -> None:
-    rng = np.random.default_rng(4)
-    a, b = add_sub_inputs(2, rng)
-    _array(block, 0, a.shape)[:] = a
-    _array(block, 256, b.shape)[:] = b
+    a, b = _staged(block, 2, 4, 256)
     _register(srv.stub, "stream", block)
     try:
         request = pb.ModelInferRequest(model_name="add_sub", id="s1")
