@@ -6,11 +6,12 @@
 Starts ortserve on the suite's model (as `python -m benchmarks` does; or, for comparison, the
 RPC ceiling or the baseline of bare_server.py), drives it with perf_analyzer at the given
 concurrency, samples it with py-spy (`record --format raw --nonblocking`: the server is not
-paused) and prints, over the samples where a thread was running: the share per thread, the
-innermost ortserve function of each sample, the top functions by self time (leaf frame) and by
-inclusive time, each also in microseconds per request (samples x sampling interval / requests
-answered, from ModelStatistics). `--native` adds C/C++ frames (gRPC core, uvloop, ONNX
-Runtime) but must pause the process at each sample, and counts blocked threads as running.
+paused) and prints each thread's CPU time and context switches per request (from /proc), then,
+over the samples where a thread was running: the share per thread, the innermost ortserve
+function of each sample, the top functions by self time (leaf frame) and by inclusive time, each
+also in microseconds per request (samples x sampling interval / requests answered, from
+ModelStatistics). `--native` adds C/C++ frames (gRPC core, uvloop, ONNX Runtime) but must pause
+the process at each sample, and counts blocked threads as running.
 Needs py-spy (`pip install py-spy`) and ptrace rights on the server process (root, or
 kernel.yama.ptrace_scope 0).
 """
@@ -77,6 +78,15 @@ def parse_raw(text: str) -> Profile:
         ]
         profile.ortserve[thread][mine[-1] if mine else OUTSIDE] += count
     return profile
+
+
+def switch_delta(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]]) -> dict[int, tuple[int, int]]:
+    """Context switches per thread between two `Proc.thread_switches` readings (new threads from 0)."""
+    delta: dict[int, tuple[int, int]] = {}
+    for tid, (voluntary, involuntary) in after.items():
+        v0, i0 = before.get(tid, (0, 0))
+        delta[tid] = (voluntary - v0, involuntary - i0)
+    return delta
 
 
 def _load(pa: Path, target: str, model: str, concurrency: int) -> subprocess.Popen[bytes]:
@@ -157,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                 # Native stacks need the process paused at each sample (py-spy refuses --nonblocking).
                 spy.append("--native" if args.native else "--nonblocking")
                 counts0, cpu0, threads0 = servers.counts(proc.target, name), proc.cpu_s(), proc.thread_cpu_s()
+                switches0 = proc.thread_switches()
                 started = time.perf_counter()
                 done = subprocess.run(spy, capture_output=True, text=True)
                 wall = time.perf_counter() - started
@@ -165,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                     tid: (name, seconds - threads0.get(tid, (name, 0.0))[1])
                     for tid, (name, seconds) in proc.thread_cpu_s().items()
                 }
+                switches = switch_delta(switches0, proc.thread_switches())
             finally:
                 load.terminate()
                 load.wait(10)
@@ -177,10 +189,18 @@ def main(argv: list[str] | None = None) -> int:
     label = f"{args.server} {name}, C={args.concurrency}"
     if args.server == "ortserve":
         label += f", mean batch {requests / max(executions, 1):.1f}"
-    print(f"CPU time per thread (from /proc, exact; names from py-spy): us per request over {requests} requests")
+    print(
+        f"CPU time and context switches (voluntary / involuntary) per thread, from /proc (exact; names from "
+        f"py-spy): per request over {requests} requests"
+    )
+    per = max(requests, 1)
     for tid, (os_name, seconds) in sorted(threads.items(), key=lambda kv: -kv[1][1]):
         if seconds > 0:
-            print(f"  {1e6 * seconds / max(requests, 1):7.1f} us  {profile.names.get(tid, os_name)} ({tid})")
+            voluntary, involuntary = switches.get(tid, (0, 0))
+            print(
+                f"  {1e6 * seconds / per:7.1f} us  {voluntary / per:5.2f} / {involuntary / per:5.2f} switches  "
+                f"{profile.names.get(tid, os_name)} ({tid})"
+            )
     print()
     _report(profile, label, requests, wall, cpu, args.rate, args.top)
     return 0

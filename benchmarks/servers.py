@@ -6,7 +6,8 @@
 
 `Proc.cpu_s()` reads the process's CPU time (all threads, user + system) from /proc, so the
 suite can say how much of the 2 cores a server used during a measurement; `Proc.thread_cpu_s()`
-the same per thread (hotspots.py), `Proc.minor_faults()` its page faults (gpu.py, bigrequest.py).
+the same per thread and `Proc.thread_switches()` each thread's context switches (hotspots.py),
+`Proc.minor_faults()` its page faults (gpu.py, bigrequest.py).
 """
 
 from __future__ import annotations
@@ -59,6 +60,29 @@ class Proc:
                 continue
             times[int(task.name)] = (name, _stat_cpu_s(task / "stat"))
         return times
+
+    def thread_switches(self) -> dict[int, tuple[int, int]]:
+        """Context switches per thread so far: {native thread id: (voluntary, involuntary)}.
+
+        Voluntary: the thread blocked (a futex, the GIL, epoll); involuntary: the scheduler took
+        its core. On the 2-core KVM sandbox each one costs the switching threads several µs of
+        CPU (docs/performance.md, sixth session), so their count per request says how much of a
+        thread's CPU is waking up rather than working."""
+        switches: dict[int, tuple[int, int]] = {}
+        for task in Path(f"/proc/{self.pid}/task").glob("*"):
+            try:
+                status = (task / "status").read_text()
+            except OSError:
+                continue
+            fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+            try:
+                switches[int(task.name)] = (
+                    int(fields["voluntary_ctxt_switches"]),
+                    int(fields["nonvoluntary_ctxt_switches"]),
+                )
+            except (KeyError, ValueError):
+                continue
+        return switches
 
 
 def _stat_cpu_s(stat: Path) -> float:
