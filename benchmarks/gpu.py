@@ -32,7 +32,12 @@ Steps (`main`):
    With `--instances 1,2` one server runs per instance count (each its own repository, all of them
    up at once, measured in turn within each repeat): two instances on one GPU let one batch's
    host-side work (concatenation, copies) overlap the other's compute. The verdict takes the best
-   count. Each extra server costs its own warm-up (about as long as the first's).
+   count. Each extra server costs its own warm-up (about as long as the first's). With
+   `--processes P` each instance count is served by P identical `ortserve serve` processes on
+   ports of their own, started at once and sharing the GPU, each driven by its own perf_analyzer at
+   its share of the concurrency, all at the same time; a row adds up their images/s (p50/p99: the
+   worst process's). One process's event loop and GIL bound the server at this request size (the
+   H200 runs below); P processes have P of each.
 5. For each repeat: sweep in-process ONNX Runtime over batch sizes in two IO-binding variants
    (`host`: the input is bound from host memory with `bind_cpu_input` at every run, so it is
    copied to the device each time, as a server must; `device`: bound once as a device OrtValue),
@@ -62,6 +67,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -203,6 +209,8 @@ class ServerSample:
     """CPU of the event loop's thread per request answered (one process's bound on requests/s)."""
     faults_per_request: float = 0.0
     """Minor page faults of the server per request answered (~147 a 602 KB request: every page refaulted)."""
+    per_process: list[float] = field(default_factory=list)
+    """Images/s of each server process (`--processes`; one entry for one process)."""
     error: str = ""
 
 
@@ -236,16 +244,33 @@ def executed(target: str) -> Executed:
     )
 
 
-def measure_server(
+@dataclass(slots=True)
+class _Reading:
+    """One server process over one measurement: its perf_analyzer's result and its own counters."""
+
+    m: loadgen.Measurement
+    answered: int = 0
+    executions: int = 0
+    runs: int = 0
+    infer_ns: int = 0
+    host_ns: int = 0
+    new_sizes: int = 0
+    wall: float = 0.0
+    used: list[float] = field(default_factory=list)
+    """CPU seconds of each of its threads."""
+    loop_s: float = 0.0
+    faults: int = 0
+
+
+def _read_one(
     pa: Path,
     proc: servers.Proc,
     concurrency: int,
     requests: int,
     pa_threads: int,
-    instances: int = 1,
-    timeout_s: float = 240,
-    extra: Sequence[str] = (),
-) -> ServerSample:
+    timeout_s: float,
+    extra: Sequence[str],
+) -> _Reading:
     before, done_before = servers.counts(proc.target, MODEL), executed(proc.target)
     threads_before, faults_before, started = proc.thread_cpu_s(), proc.minor_faults(), time.perf_counter()
     m = loadgen.measure(
@@ -253,30 +278,81 @@ def measure_server(
     )
     wall, threads_after, faults = time.perf_counter() - started, proc.thread_cpu_s(), proc.minor_faults()
     if m.error:
-        return ServerSample(error=m.error)
+        return _Reading(m)
     after, done_after = servers.counts(proc.target, MODEL), executed(proc.target)
-    executions = after.executions - before.executions
-    mean_batch = (after.inferences - before.inferences) / executions if executions else 0.0
-    runs = done_after.executions - done_before.executions
-    infer_ns, host_ns = done_after.infer_ns - done_before.infer_ns, done_after.host_ns - done_before.host_ns
     used_by = {tid: cpu - threads_before.get(tid, (name, 0.0))[1] for tid, (name, cpu) in threads_after.items()}
-    used = list(used_by.values())
-    answered = after.inferences - before.inferences
+    return _Reading(
+        m,
+        answered=after.inferences - before.inferences,
+        executions=after.executions - before.executions,
+        runs=done_after.executions - done_before.executions,
+        infer_ns=done_after.infer_ns - done_before.infer_ns,
+        host_ns=done_after.host_ns - done_before.host_ns,
+        new_sizes=len(done_after.sizes - done_before.sizes),
+        wall=wall,
+        used=list(used_by.values()),
+        loop_s=used_by.get(proc.pid, 0.0),
+        faults=faults - faults_before,
+    )
+
+
+def split_load(concurrency: int, requests: int, processes: int) -> list[tuple[int, int]]:
+    """(concurrency, requests per window) of each process's perf_analyzer: C and the windows shared out."""
+    share = [concurrency // processes + (i < concurrency % processes) for i in range(processes)]
+    return [(c, max(10, requests * c // max(concurrency, 1))) for c in share]
+
+
+def measure_server(
+    pa: Path,
+    procs: Sequence[servers.Proc],
+    concurrency: int,
+    requests: int,
+    pa_threads: int,
+    instances: int = 1,
+    timeout_s: float = 240,
+    extra: Sequence[str] = (),
+) -> ServerSample:
+    """One measurement of one server, or of several processes each loaded by its own perf_analyzer at once.
+
+    With several processes the concurrency and the windows are shared out (split_load), images/s
+    add up, p50 and p99 are the worst process's, and the per-batch and per-request columns are
+    over all processes together.
+    """
+    loads = split_load(concurrency, requests, len(procs))
+    if len(procs) == 1:
+        readings = [_read_one(pa, procs[0], concurrency, requests, pa_threads, timeout_s, extra)]
+    else:
+        with ThreadPoolExecutor(len(procs)) as pool:  # perf_analyzer runs in subprocesses: threads suffice
+            futures = [
+                pool.submit(_read_one, pa, proc, c, n, pa_threads, timeout_s, extra)
+                for proc, (c, n) in zip(procs, loads, strict=True)
+            ]
+            readings = [f.result() for f in futures]
+    errors = [r.m.error for r in readings if r.m.error]
+    if errors:
+        return ServerSample(error=errors[0] if len(procs) == 1 else f"{len(errors)} of {len(procs)}: {errors[0]}")
+    wall = max(r.wall for r in readings)
+    answered = sum(r.answered for r in readings)
+    executions = sum(r.executions for r in readings)
+    runs = sum(r.runs for r in readings)
+    infer_ns, host_ns = sum(r.infer_ns for r in readings), sum(r.host_ns for r in readings)
+    used = [u for r in readings for u in r.used]
     return ServerSample(
-        m.infer_per_s,
-        m.p50_ms,
-        m.p99_ms,
-        mean_batch,
-        len(done_after.sizes - done_before.sizes),
+        sum(r.m.infer_per_s for r in readings),
+        max(r.m.p50_ms for r in readings),
+        max(r.m.p99_ms for r in readings),
+        answered / executions if executions else 0.0,
+        max(r.new_sizes for r in readings),
         infer_ns / runs / 1e6 if runs else 0.0,
-        infer_ns / 1e9 / wall / instances if wall > 0 else 0.0,
+        infer_ns / 1e9 / wall / (instances * len(procs)) if wall > 0 else 0.0,
         host_ns / runs / 1e6 if runs else 0.0,
         max(used, default=0.0) / wall if wall > 0 else 0.0,
-        used_by.get(proc.pid, 0.0) / wall if wall > 0 else 0.0,
+        max(r.loop_s for r in readings) / wall if wall > 0 else 0.0,
         sum(used) / wall if wall > 0 else 0.0,
         sum(u > 0.25 * wall for u in used),
-        used_by.get(proc.pid, 0.0) * 1e6 / answered if answered else 0.0,
-        (faults - faults_before) / answered if answered else 0.0,
+        sum(r.loop_s for r in readings) * 1e6 / answered if answered else 0.0,
+        sum(r.faults for r in readings) / answered if answered else 0.0,
+        [r.m.infer_per_s for r in readings],
     )
 
 
@@ -336,7 +412,7 @@ SHM_ARGS = ("--shared-memory", "system", "--output-shared-memory-size", "16384")
 
 
 def render(
-    r: Results, batches: Sequence[int], target: float, verdict_c: int, shared_memory: bool = False
+    r: Results, batches: Sequence[int], target: float, verdict_c: int, shared_memory: bool = False, processes: int = 1
 ) -> tuple[list[str], str]:
     header = [
         "row",
@@ -380,6 +456,7 @@ def render(
             rows.append(
                 [
                     f"ortserve, dynamic_batching (session.run, host arrays), {n} instance{'s' if n > 1 else ''}"
+                    + (f" in each of {processes} processes (a perf_analyzer each)" if processes > 1 else "")
                     + (", inputs in system shared memory" if shared_memory else "")
                     + (f" [{len(errors)} failed: {errors[-1]}]" if errors else ""),
                     str(c),
@@ -408,7 +485,8 @@ def render(
     measured = ratios(r, chosen, verdict_c)
     met = bool(measured) and median(measured) >= target
     verdict = (
-        f"verdict: ortserve at C={verdict_c}{' (inputs in system shared memory)' if shared_memory else ''} "
+        f"verdict: ortserve{f' in {processes} processes' if processes > 1 else ''} at C={verdict_c}"
+        f"{' (inputs in system shared memory)' if shared_memory else ''} "
         "/ in-process best (host input) = "
         f"{summary(measured, 2) if measured else 'n/a'} against >= {target:.2f}: "
         + ("met" if met else "missed" if measured else "not measured")
@@ -418,6 +496,32 @@ def render(
     )
     lines = [text_table(header, rows), "", text_table(sweep_header, sweep_rows), "", f"note: {SERVER_NOTE}", verdict]
     return lines, "met" if met else "missed"
+
+
+def processes_text(processes: int) -> str:
+    return f", {processes} processes" if processes > 1 else ""
+
+
+def start_servers(
+    running: ExitStack, processes: int, repo: Path, threads: int, device: str, extra: Sequence[str]
+) -> list[servers.Proc]:
+    """`processes` servers of one repository, started at once (each warms its model up on its own),
+    each stopped when `running` unwinds; a start that fails stops the others too."""
+    managers = [servers.ortserve(repo, threads, device, extra) for _ in range(processes)]
+    with ThreadPoolExecutor(processes) as pool:
+        futures = [pool.submit(m.__enter__) for m in managers]
+    started: list[servers.Proc] = []
+    failure: BaseException | None = None
+    for manager, future in zip(managers, futures, strict=True):
+        try:
+            started.append(future.result())
+        except BaseException as exc:  # noqa: BLE001 - raised below, once the others are in `running`
+            failure = failure or exc
+            continue
+        running.push(manager)  # its __exit__ stops the server on the way out
+    if failure is not None:
+        raise failure
+    return started
 
 
 def run(args: argparse.Namespace) -> int:
@@ -498,14 +602,19 @@ def run(args: argparse.Namespace) -> int:
             )
             env["run_paths"] = [asdict(p) for p in paths]
             print("\n".join(runpaths.render(paths, args.diagnose_batch)), flush=True)
-        procs = {}
+        procs: dict[int, list[servers.Proc]] = {}
         guesses: dict[tuple[int, int], float] = {}
         for n, repo in repos.items():
-            print(f"starting ortserve ({n} instance{'s' if n > 1 else ''})", flush=True)
-            procs[n] = running.enter_context(servers.ortserve(repo, args.threads, args.device, args.server_arg))
+            print(f"starting ortserve ({n} instance{'s' if n > 1 else ''}{processes_text(args.processes)})", flush=True)
+            procs[n] = start_servers(running, args.processes, repo, args.threads, args.device, args.server_arg)
             shown = ("providers", "batch shapes", "warmed up")
             print(
-                "\n".join(f"  server: {line.rstrip()}" for line in procs[n].lines if any(k in line for k in shown)),
+                "\n".join(
+                    f"  server{f' {i + 1}' if args.processes > 1 else ''}: {line.rstrip()}"
+                    for i, proc in enumerate(procs[n])
+                    for line in proc.lines
+                    if any(k in line for k in shown)
+                ),
                 flush=True,
             )
             for c in args.concurrency:  # discarded: new batch shapes pay the cuDNN search here
@@ -535,7 +644,9 @@ def run(args: argparse.Namespace) -> int:
                     results.server[n][c].append(s)
                     line.append(f"{n}x C={c} {brief(s)}" + (f" ({s.error})" if s.error else ""))
             print("; ".join(line), flush=True)
-    lines, verdict = render(results, args.batches, args.target, max(args.concurrency), args.shared_memory == "system")
+    lines, verdict = render(
+        results, args.batches, args.target, max(args.concurrency), args.shared_memory == "system", args.processes
+    )
     elapsed = time.perf_counter() - started
     print("\n" + "\n".join(lines) + f"\n\n{elapsed:.0f} s", flush=True)
     if args.json:
@@ -547,6 +658,7 @@ def run(args: argparse.Namespace) -> int:
                     "server_side": SERVER_NOTE,
                     "server_args": args.server_arg,
                     "shared_memory": args.shared_memory,
+                    "processes": args.processes,
                     "batches": args.batches,
                     "sweeps": [{v: [asdict(p) for p in s[v]] for v in VARIANTS} for s in results.sweeps],
                     "server": {
@@ -584,6 +696,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=ints, default=[32, 128], help="the verdict is at the highest")
     parser.add_argument(
         "--instances", type=ints, default=[1], help="instance counts of the model, one server each (e.g. 1,2)"
+    )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="serve each instance count from this many ortserve processes (each its own event loop and GIL, "
+        "sharing the GPU), each loaded by its own perf_analyzer at its share of the concurrency",
     )
     parser.add_argument("--max-batch-size", type=int, default=128)
     parser.add_argument("--sweep-s", type=float, default=1.5, help="seconds per batch size and variant")
@@ -631,6 +750,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write every sample and the verdict here")
     args = parser.parse_args(argv)
     args.batches = sorted(b for b in args.batches if b <= args.max_batch_size)
+    if args.processes < 1 or args.processes > min(args.concurrency):
+        parser.error(f"--processes {args.processes}: expected 1 to the lowest --concurrency ({min(args.concurrency)})")
     # A time limit's SIGTERM (gpu_device.sh LIMIT_S) unwinds like an exception: servers and
     # perf_analyzer are stopped on the way out instead of left running on the GPU.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))

@@ -117,6 +117,44 @@ def test_cpu_smoke_with_the_images_in_system_shared_memory(tmp_path: Path) -> No
     assert samples and all(s["error"] == "" and s["infer_per_s"] > 0 for s in samples), samples
 
 
+def test_cpu_smoke_with_two_server_processes(tmp_path: Path) -> None:
+    done, result = _benchmark(
+        tmp_path, "--device", "cpu", "--concurrency", "3,8", "--processes", "2", "--diagnose-batch", "0", *SMOKE
+    )
+    assert done.returncode in (0, 3), done.stdout + done.stderr
+    assert result["processes"] == 2
+    assert "1 instance in each of 2 processes (a perf_analyzer each)" in done.stdout
+    assert "verdict: ortserve in 2 processes at C=8" in done.stdout
+    assert done.stdout.count("providers ['CPUExecutionProvider']") == 2  # both servers' logs, echoed
+    for c in ("3", "8"):
+        (sample,) = result["server"]["1"][c]
+        assert sample["error"] == "", sample
+        # Both processes answered, and the row is their sum.
+        assert len(sample["per_process"]) == 2 and min(sample["per_process"]) > 0, sample
+        assert abs(sample["infer_per_s"] - sum(sample["per_process"])) < 1e-6 * sample["infer_per_s"]
+        assert sample["loop_us_per_request"] > 0 and sample["mean_batch"] >= 1
+
+
+def test_processes_share_out_the_concurrency_and_the_windows() -> None:
+    from benchmarks.gpu import split_load
+
+    assert split_load(128, 4000, 1) == [(128, 4000)]
+    assert split_load(128, 4000, 3) == [(43, 1343), (43, 1343), (42, 1312)]
+    assert split_load(3, 40, 2) == [(2, 26), (1, 13)]
+    assert sum(c for c, _ in split_load(7, 1000, 4)) == 7
+
+
+def test_processes_must_fit_the_concurrency(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.gpu", "--device", "cpu", "--concurrency", "2,8", "--processes", "3"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "--processes 3: expected 1 to the lowest --concurrency (2)" in done.stderr
+
+
 def test_cuda_mode_fails_clearly_without_the_cuda_provider(tmp_path: Path) -> None:
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("this onnxruntime has the CUDA provider")
