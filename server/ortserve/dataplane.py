@@ -151,7 +151,8 @@ class DataPlane:
         edge made current; None when tracing and the access log are off).
         """
         start_ns = monotonic_ns()
-        self._check_not_draining()
+        if self.refusing:
+            self._check_not_draining()
         if self.in_flight >= self.max_inflight_requests > 0:
             raise QueueFullError(
                 f"server overloaded: {self.in_flight} inference requests in flight reached the bound "
@@ -171,12 +172,13 @@ class DataPlane:
                 if cached is not None:  # a hit skips the queue and the model
                     model.stats.record_cache_hit(monotonic_ns() - start_ns, lookup_ns)
                     return InferResponse(model.name, model.version_str, request.id, list(cached))
+            parameters = request.parameters
             result = await model.infer(
                 inputs,
                 rows=rows,
                 deadline_ns=request.deadline_ns,
-                priority=_int_parameter(request, "priority"),
-                timeout_us=_int_parameter(request, "timeout", " of microseconds"),
+                priority=_int_parameter(request, "priority") if parameters else 0,
+                timeout_us=_int_parameter(request, "timeout", " of microseconds") if parameters else 0,
                 context=context if context is not None else current_request(),
             )
         except asyncio.CancelledError:

@@ -7,17 +7,17 @@ import pytest
 
 from ortserve.dataplane import InferResponse
 from ortserve.protocol.codec import decode_request, encode_response
-from ortserve.protocol.wire import parse_infer_request, serialize_infer_response
+from ortserve.protocol.wire import SMALL_MESSAGE_BYTES, parse_infer_request, serialize_infer_response
 from ortserve_client.proto import grpc_service_pb2 as pb
 
 
-def request(rng: np.random.Generator) -> tuple[pb.ModelInferRequest, list[np.ndarray]]:
+def request(rng: np.random.Generator, width: int = 5) -> tuple[pb.ModelInferRequest, list[np.ndarray]]:
     message = pb.ModelInferRequest(model_name="m", model_version="3", id="req-1")
     message.parameters["priority"].int64_param = 2
     message.parameters["note"].string_param = "x" * 300  # a multi-byte length varint
     arrays = []
     for i, rows in enumerate(rng.integers(1, 40, size=3)):
-        array = rng.standard_normal((int(rows), 5)).astype(np.float32)
+        array = rng.standard_normal((int(rows), width)).astype(np.float32)
         message.inputs.add(name=f"in{i}", datatype="FP32", shape=array.shape)
         message.raw_input_contents.append(array.tobytes())
         arrays.append(array)
@@ -27,8 +27,9 @@ def request(rng: np.random.Generator) -> tuple[pb.ModelInferRequest, list[np.nda
 
 @pytest.mark.parametrize("seed", range(5))
 def test_parse_splits_raw_tensors_as_views_and_the_rest_like_protobuf(seed: int) -> None:
-    message, arrays = request(np.random.default_rng(seed))
+    message, arrays = request(np.random.default_rng(seed), width=SMALL_MESSAGE_BYTES // 4)  # rows of 16 KiB
     data = message.SerializeToString()
+    assert len(data) >= SMALL_MESSAGE_BYTES
     wire = parse_infer_request(data)
     assert wire.error is None and wire.id == "req-1"
     rest = pb.ModelInferRequest()
@@ -40,6 +41,37 @@ def test_parse_splits_raw_tensors_as_views_and_the_rest_like_protobuf(seed: int)
     for i, array in enumerate(arrays):
         np.testing.assert_array_equal(decoded.inputs[f"in{i}"], array)
         assert np.shares_memory(decoded.inputs[f"in{i}"], everything)  # a view of the received bytes
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_small_request_is_parsed_whole_by_protobuf_its_tensors_copied(seed: int) -> None:
+    message, arrays = request(np.random.default_rng(seed))
+    data = message.SerializeToString()
+    assert len(data) < SMALL_MESSAGE_BYTES
+    wire = parse_infer_request(data)
+    assert wire.error is None and wire.id == "req-1" and wire.message == message
+    assert wire.raw == list(message.raw_input_contents)
+    decoded = decode_request(wire.message, raw_contents=wire.raw)
+    for i, array in enumerate(arrays):
+        np.testing.assert_array_equal(decoded.inputs[f"in{i}"], array)
+        assert not decoded.inputs[f"in{i}"].flags.writeable  # read-only, as views of the wire are
+
+
+def test_the_size_that_switches_the_parse() -> None:
+    def sized(payload: int) -> bytes:
+        message = pb.ModelInferRequest(model_name="m")
+        message.inputs.add(name="x", datatype="UINT8", shape=[payload])
+        message.raw_input_contents.append(b"\x07" * payload)
+        return message.SerializeToString()
+
+    below = sized(SMALL_MESSAGE_BYTES - 64)
+    above = sized(SMALL_MESSAGE_BYTES)
+    assert len(below) < SMALL_MESSAGE_BYTES <= len(above)
+    small, large = parse_infer_request(below), parse_infer_request(above)
+    assert isinstance(small.raw[0], bytes) and len(small.message.raw_input_contents) == 1
+    assert isinstance(large.raw[0], memoryview) and len(large.message.raw_input_contents) == 0
+    assert np.shares_memory(np.frombuffer(large.raw[0], np.uint8), np.frombuffer(above, np.uint8))
+    assert bytes(small.raw[0]) == bytes(large.raw[0][: len(small.raw[0])])
 
 
 def test_a_request_without_raw_contents_parses_whole() -> None:

@@ -134,6 +134,11 @@ class DynamicBatcher:
         """Per instance: the batch shape its batches run at (the batcher task while the instance is
         idle, its worker while a batch runs, the warm-up before either)."""
         self._delay_ns = self.policy.max_queue_delay_us * 1000
+        self._batching = self.policy.batching
+        self._queue_timeouts = any(
+            p.default_timeout_us for p in (self.policy.default_queue_policy, *self.policy.queue_policies.values())
+        )
+        """Whether some level's policy gives requests a queue timeout (else only their own can)."""
         self._hold = BatchHold() if self.policy.batching and self.policy.hold else None
         self._on_batch = on_batch
         self._queue = RequestQueue(name, self.policy)
@@ -249,11 +254,14 @@ class DynamicBatcher:
         level = self.policy.level_of(priority)
         if self._controller is not None:
             self._admit(level, rows, now, deadline_ns)
-        key = tuple(a.shape[1:] for a in inputs.values()) if self.policy.batching else ()
+        key = tuple([a.shape[1:] for a in inputs.values()]) if self._batching else ()
         future: asyncio.Future[object] = loop.create_future()
         item = Pending(inputs, rows, key, future, now, deadline_ns, level, context, [])
         self._queue.push(item)  # QueueFullError when the level is full
-        self._arm_timers(loop, item, now, timeout_us)
+        if timeout_us or self._queue_timeouts or (
+            deadline_ns is not None and deadline_ns - now <= DEADLINE_TIMER_HORIZON_NS
+        ):
+            self._arm_timers(loop, item, now, timeout_us)
         if self._hold is not None:
             self._hold.arrived(now)
         self._wakeup.set()

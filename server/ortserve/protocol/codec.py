@@ -90,11 +90,14 @@ def decode_request(
         except InvalidInputError as exc:
             raise InvalidInputError(f"input {name!r}: {exc}") from None
         shape = tuple(tensor.shape)
-        if any(d < 0 for d in shape):
-            raise InvalidInputError(
-                f"input {name!r}: shape {list(shape)} has a negative dimension; send the actual shape"
-            )
-        _check_shape(name, dtype, shape, limits)
+        if shape and min(shape) <= 0:
+            if min(shape) < 0:
+                raise InvalidInputError(
+                    f"input {name!r}: shape {list(shape)} has a negative dimension; send the actual shape"
+                )
+            _check_shape(name, dtype, shape, limits)
+        elif len(shape) > limits.max_dims:
+            _check_shape(name, dtype, shape, limits)
         parameters = tensor.parameters
         if parameters and REGION in parameters:  # uses_shared_memory, inlined: every input passes here
             if shared_memory is None:
@@ -118,14 +121,15 @@ def decode_request(
             inputs[name] = _from_contents(name, dtype, shape, tensor, limits)
     if used != len(raw):
         raise _raw_count_error(request, len(raw))
+    outputs, parameters = request.outputs, request.parameters
     return InferRequest(
-        model_name=request.model_name,
-        model_version=request.model_version,
-        id=request.id,
-        inputs=inputs,
-        requested_outputs=[o.name for o in request.outputs],
-        parameters=decode_parameters(request.parameters),
-        deadline_ns=deadline_ns,
+        request.model_name,
+        request.model_version,
+        request.id,
+        inputs,
+        [o.name for o in outputs] if outputs else [],
+        decode_parameters(parameters) if parameters else {},
+        deadline_ns,
     )
 
 
@@ -183,7 +187,8 @@ def _from_raw(
             f"input {name!r}: {dtype.name} {list(shape)} needs {expected} bytes of raw content, "
             f"got {len(buf)}"
         )
-    _check_elements(name, count, limits)
+    if count > limits.max_tensor_elements:
+        _check_elements(name, count, limits)
     return np.frombuffer(buf, dtype=dtype.numpy).reshape(shape)
 
 

@@ -20,7 +20,7 @@ from ortserve.errors import InvalidInputError, RegionNotFoundError, UnsupportedE
 from ortserve.observability import ModelStats
 from ortserve.protocol.codec import DEFAULT_LIMITS, DecodeLimits, decode_parameters, decode_request, encode_response
 from ortserve.protocol.shared_memory import SharedMemoryRegistry, output_targets
-from ortserve.protocol.status import mapped_errors, status_of
+from ortserve.protocol.status import abort_with, mapped_errors, status_of
 from ortserve.protocol.wire import WireInferRequest, parse_infer_request, serialize_infer_response
 from ortserve.repository import ModelVersion
 from ortserve_client.proto import grpc_service_pb2 as pb
@@ -221,9 +221,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """Set by `ObservabilityInterceptor.instrument` when tracing or the access log is on: ModelInfer
     starts and ends its call through it, without a wrapper around the hot method."""
 
-    @mapped_errors
     async def ModelInfer(self, request: WireInferRequest, context: aio.ServicerContext) -> bytes:
-        """Registered with protocol.wire's (de)serializers: tensors stay views of the wire bytes."""
+        """Registered with protocol.wire's (de)serializers: tensors stay views of the wire bytes.
+
+        Maps its errors to status codes itself (status.abort_with), as mapped_errors does for
+        the other methods: the hot method has no wrapper coroutine around it."""
         observer = self.observer
         current = None if observer is None else observer.begin_infer(request, context)
         try:
@@ -236,6 +238,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         except BaseException as exc:
             if observer is not None and current is not None:
                 observer.end_infer(current, context, exc)
+            await abort_with(exc, context, "ModelInfer", request)
             raise
         if observer is not None and current is not None:
             observer.end_infer(current, context, None)

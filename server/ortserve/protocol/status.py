@@ -76,21 +76,24 @@ def mapped_errors(method: Handler[T]) -> Handler[T]:
         try:
             return await method(self, request, context)
         except (OrtserveError, Exception) as exc:
-            if isinstance(exc, aio.AbortError):
-                raise
-            code, message = status_of(exc)
-            if code is grpc.StatusCode.INTERNAL:
-                log.error(
-                    "%s failed (request id %r): %s",
-                    method.__name__,
-                    request_id_of(request),
-                    message,
-                    exc_info=exc,
-                )
-            await context.abort(code, message, trailing_metadata=trailing_of(exc))
-            raise AssertionError("unreachable: context.abort raises") from exc
+            await abort_with(exc, context, method.__name__, request)
+            raise AssertionError("unreachable: abort_with raises") from exc
 
     return wrapper
+
+
+async def abort_with(exc: BaseException, context: aio.ServicerContext, method: str, request: Any) -> None:
+    """End the RPC with the status `exc` maps to (mapped_errors' work, for a method without the
+    wrapper: ModelInfer does it itself and saves a coroutine per request); always raises.
+
+    An AbortError (the RPC already aborted) and anything not an Exception (cancellation) propagate."""
+    if isinstance(exc, aio.AbortError) or not isinstance(exc, Exception):
+        raise exc
+    code, message = status_of(exc)
+    if code is grpc.StatusCode.INTERNAL:
+        log.error("%s failed (request id %r): %s", method, request_id_of(request), message, exc_info=exc)
+    await context.abort(code, message, trailing_metadata=trailing_of(exc))
+    raise AssertionError("unreachable: context.abort raises") from exc
 
 
 RETRY_AFTER_MS = "retry-after-ms"

@@ -7,7 +7,9 @@ For the tensor payloads of ModelInfer (`raw_input_contents` = field 7 of ModelIn
 format by hand instead, so that:
 
 - a request's raw tensors are memoryviews into the received message (np.frombuffer over them
-  is the only view), and only the small rest of the message is parsed by protobuf;
+  is the only view), and only the small rest of the message is parsed by protobuf; a message
+  under SMALL_MESSAGE_BYTES is parsed whole by protobuf instead, whose copy of a few KiB costs
+  less than walking the fields in Python;
 - a response is the serialized small message followed by one length-delimited field per
   output, joined once straight from the output arrays' memory.
 
@@ -28,6 +30,11 @@ from ortserve.protocol.codec import _to_raw
 from ortserve.protocol.shared_memory import write_outputs
 from ortserve_client.proto import grpc_service_pb2 as pb
 
+SMALL_MESSAGE_BYTES = 16 * 1024
+"""Below this size a request is parsed whole by protobuf, raw tensors copied out of it: 0.8-1.2 µs
+against ~2.1 µs for the field walk that keeps them views (timeit, 288 B to 16 KiB, 2-core sandbox;
+the two meet near 64 KiB). Larger requests, whose copies would cost, are walked."""
+
 _RAW_INPUT_FIELD = 7
 _RAW_OUTPUT_TAG = bytes([(6 << 3) | 2])  # field 6, length-delimited
 _LENGTH_DELIMITED = 2
@@ -38,7 +45,8 @@ class WireInferRequest:
     """A received ModelInferRequest: the parsed rest of the message and its raw tensors."""
 
     message: pb.ModelInferRequest
-    raw: list[memoryview] = field(default_factory=list)
+    raw: list[memoryview] | list[bytes] = field(default_factory=list)
+    """The raw tensors, in order: views of the received bytes, or copies for a small message."""
     error: str | None = None
     """Why the bytes are not a valid ModelInferRequest (answered INVALID_ARGUMENT by the servicer)."""
 
@@ -72,6 +80,10 @@ def _varint_bytes(value: int) -> bytes:
 def parse_infer_request(data: bytes) -> WireInferRequest:
     """The request deserializer of ModelInfer; it never raises (gRPC would answer INTERNAL)."""
     try:
+        if len(data) < SMALL_MESSAGE_BYTES:
+            # The raw tensors stay in the message too; decode_request reads them from `raw`.
+            message = pb.ModelInferRequest.FromString(data)
+            return WireInferRequest(message, list(message.raw_input_contents))
         view = memoryview(data)
         raw: list[memoryview] = []
         rest: list[memoryview] = []

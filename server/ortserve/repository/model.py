@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from pathlib import Path
 from time import perf_counter_ns
 
@@ -201,7 +201,7 @@ class ModelVersion:
         """Start the batcher on the running event loop."""
         self._batcher.start()
 
-    async def infer(
+    def infer(
         self,
         inputs: Mapping[str, np.ndarray],
         *,
@@ -210,14 +210,24 @@ class ModelVersion:
         priority: int = 0,
         timeout_us: int = 0,
         context: object = None,
-    ) -> BatchResult:
+    ) -> Awaitable[BatchResult]:
+        """Queue a request on this version's batcher; await the result for its slice of the batch.
+
+        The batcher's own coroutine is returned (no frame of this one in between) unless the
+        request is sampled for tracing, whose queue span is recorded once the batch has run.
+        """
         if self.drift is not None:
             self.drift.offer(inputs)  # a clock comparison; a small copy once per sampling gap
-        result = await self._batcher.submit(
+        submitted = self._batcher.submit(
             inputs, rows=rows, deadline_ns=deadline_ns, priority=priority, timeout_us=timeout_us, context=context
         )
         if type(context) is RequestSpan and context.span is not None:  # only sampled requests have a queue span
-            context.queued(self.name, self.version_str, result.enqueued_ns, result.started_ns)
+            return self._traced(submitted, context)
+        return submitted
+
+    async def _traced(self, submitted: Awaitable[BatchResult], span: RequestSpan) -> BatchResult:
+        result = await submitted
+        span.queued(self.name, self.version_str, result.enqueued_ns, result.started_ns)
         return result
 
     def instrument(self, tracing: Tracing | None, drift: DriftOptions | None) -> None:

@@ -7,7 +7,7 @@ model batches (max_batch_size > 0), as in Triton's configuration.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -44,6 +44,13 @@ class Signature:
     outputs: tuple[TensorSpec, ...]
     reject_nonfinite: bool = False
     """Refuse NaN and Inf in floating-point inputs (config parameter reject_nonfinite = "true")."""
+    input_names: frozenset[str] = field(init=False, repr=False, compare=False)
+    output_names: frozenset[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Every request is checked against these: built once (the dataclass is frozen).
+        object.__setattr__(self, "input_names", frozenset(spec.name for spec in self.inputs))
+        object.__setattr__(self, "output_names", frozenset(spec.name for spec in self.outputs))
 
     @classmethod
     def from_config(cls, config: mc.ModelConfig) -> Signature:
@@ -80,13 +87,13 @@ class Signature:
 
         The rows are 1 for a model that does not batch.
         """
-        known = {spec.name for spec in self.inputs}
-        unknown = [name for name in inputs if name not in known]
-        if unknown:
-            raise InvalidInputError(
-                f"model {self.model!r} has no input {unknown[0]!r}: its inputs are "
-                + ", ".join(f"{s.name!r} ({self.describe(s)})" for s in self.inputs)
-            )
+        if inputs.keys() != self.input_names:  # the usual request names exactly the model's inputs
+            unknown = [name for name in inputs if name not in self.input_names]
+            if unknown:
+                raise InvalidInputError(
+                    f"model {self.model!r} has no input {unknown[0]!r}: its inputs are "
+                    + ", ".join(f"{s.name!r} ({self.describe(s)})" for s in self.inputs)
+                )
         ordered: dict[str, np.ndarray] = {}
         rows = -1
         for spec in self.inputs:
@@ -125,7 +132,7 @@ class Signature:
         """The output names to return, in request order (all, in model order, if none)."""
         if not requested:
             return tuple(spec.name for spec in self.outputs)
-        known = {spec.name for spec in self.outputs}
+        known = self.output_names
         for name in requested:
             if name not in known:
                 raise InvalidInputError(
@@ -137,12 +144,21 @@ class Signature:
         return tuple(requested)
 
     def _shape_fits(self, spec: TensorSpec, shape: tuple[int, ...]) -> bool:
-        dims = shape[1:] if self.max_batch_size else shape
-        if self.max_batch_size and not shape:
+        if self.max_batch_size:
+            if not shape:
+                return False
+            dims = shape[1:]
+        else:
+            dims = shape
+        wanted = spec.dims
+        if dims == wanted:  # fixed dims: one tuple comparison
+            return True
+        if len(dims) != len(wanted):
             return False
-        if len(dims) != len(spec.dims):
-            return False
-        return all(want == -1 or want == got for want, got in zip(spec.dims, dims, strict=True))
+        for want, got in zip(wanted, dims, strict=True):
+            if want != -1 and want != got:
+                return False
+        return True
 
 
 def _check_text(model: str, name: str, array: np.ndarray) -> None:
