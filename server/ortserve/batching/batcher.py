@@ -135,6 +135,8 @@ class DynamicBatcher:
         idle, its worker while a batch runs, the warm-up before either)."""
         self._delay_ns = self.policy.max_queue_delay_us * 1000
         self._batching = self.policy.batching
+        self._priority_levels = self.policy.priority_levels
+        self._default_level = self.policy.level_of(0)
         self._queue_timeouts = any(
             p.default_timeout_us for p in (self.policy.default_queue_policy, *self.policy.queue_policies.values())
         )
@@ -246,12 +248,15 @@ class DynamicBatcher:
             raise ModelNotReadyError(f"model {self.name} is unloading and takes no new requests")
         loop = self._loop
         now = monotonic_ns()
-        if self.policy.priority_levels and priority > self.policy.priority_levels:
-            raise InvalidInputError(
-                f"model {self.name}: priority {priority} is outside 1..{self.policy.priority_levels} "
-                "(the model's priority_levels; 0 means its default level)"
-            )
-        level = self.policy.level_of(priority)
+        if priority:
+            if self._priority_levels and priority > self._priority_levels:
+                raise InvalidInputError(
+                    f"model {self.name}: priority {priority} is outside 1..{self._priority_levels} "
+                    "(the model's priority_levels; 0 means its default level)"
+                )
+            level = self.policy.level_of(priority)
+        else:
+            level = self._default_level
         if self._controller is not None:
             self._admit(level, rows, now, deadline_ns)
         key = tuple([a.shape[1:] for a in inputs.values()]) if self._batching else ()
@@ -370,7 +375,12 @@ class DynamicBatcher:
             instance = await self._idle.get()
             batch = await self._next_batch(instance)
             now = monotonic_ns()
-            live = [item for item in batch if not item.future.done() and not self._past_deadline(item, now)]
+            live = [
+                item
+                for item in batch
+                if not item.future.done()
+                and (item.deadline_ns is None or now < item.deadline_ns or not self._past_deadline(item, now))
+            ]
             if not live:
                 self._idle.put_nowait(instance)
                 continue

@@ -49,13 +49,15 @@ class RequestQueue:
         self._delayed: deque[Pending] = deque()
         self._level_requests = [0] * policy.levels
         self._level_rows = [0] * policy.levels
+        self._limits = [policy.queue_policy(level).max_queue_size for level in range(1, policy.levels + 1)]
+        """Each level's max_queue_size (0: unbounded)."""
         self.requests = 0
         self.rows = 0
 
     def push(self, item: Pending) -> None:
         """Queue a request at its level, or raise QueueFullError if the level is full."""
         index = item.level - 1
-        limit = self._policy.queue_policy(item.level).max_queue_size
+        limit = self._limits[index]
         if limit and self._level_requests[index] >= limit:
             raise QueueFullError(
                 f"model {self.name}: the queue of priority level {item.level} is full "

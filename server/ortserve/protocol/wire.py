@@ -68,7 +68,12 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
             raise ValueError("a varint longer than 10 bytes")
 
 
+_ONE_BYTE_VARINTS = [bytes((n,)) for n in range(0x80)]
+
+
 def _varint_bytes(value: int) -> bytes:
+    if value < 0x80:
+        return _ONE_BYTE_VARINTS[value]
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
