@@ -170,10 +170,11 @@ def test_a_hold_ends_at_the_target_rows() -> None:
 
 def test_a_hold_never_exceeds_its_bound_even_while_requests_keep_coming() -> None:
     async def main() -> None:
-        b, runner = batcher(BatchPolicy(max_batch_size=64), 10 * MS)
-        first_ran = await first_batch_s(b, runner, 60)
-        assert first_ran < 0.110  # at most HOLD_FACTOR x 10 ms (+ slack), not the whole stream
-        assert HOLD_FACTOR * 10 * MS < 120 * MS
+        b, runner = batcher(BatchPolicy(max_batch_size=64), 5 * MS)
+        first_ran = await first_batch_s(b, runner, 60)  # a stream of 120 ms
+        bound_s = HOLD_FACTOR * 5 * MS / 1e9 + 0.020  # HOLD_FACTOR x 5 ms, plus slack
+        assert bound_s < 0.120  # so the bound, not the stream's end, stopped the hold
+        assert first_ran < bound_s
         assert 1 < runner.rows[0] < 60
         assert sum(runner.rows) == 60
 

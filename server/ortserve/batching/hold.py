@@ -32,10 +32,14 @@ from __future__ import annotations
 
 import math
 
-HOLD_FACTOR = 8
+HOLD_FACTOR = 12
 """A held batch waits at most this many handoff costs: the handoff then weighs at most about a
-ninth of the batch's wait. Measured on the sandbox's MLP at concurrency 8, 32 and 64 (4, 8, 16
-tried): 8 gave the highest throughput at each, 16 no more rows per CPU second than 8."""
+thirteenth of the batch's wait. Measured on the sandbox's MLP (docs/performance.md): first 4, 8
+and 16 at concurrency 8, 32 and 64, where 8 gave the most throughput at each; then, once the
+request path cost ~8 µs less, 5, 8, 10, 12, 16 and 24: at concurrency 64, 12 gave 4-8 % more than
+8 (16 and 24 no more than 12) and 5 less; at 8 and 32, 12 measured as 8 within the noise (16 and
+24 lost 4-5 % at 32). In open loop at 4500 requests/s it lengthens p99 from ~6.4 to ~9 ms and at
+5500/s it kept up where 8 once did not."""
 
 HOLD_TARGET_SHARE = 0.25
 """In latency-target mode a held batch also stops this share of the controller's setpoint (the
