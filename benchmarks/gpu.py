@@ -319,15 +319,12 @@ def measure_server(
     over all processes together.
     """
     loads = split_load(concurrency, requests, len(procs))
-    if len(procs) == 1:
-        readings = [_read_one(pa, procs[0], concurrency, requests, pa_threads, timeout_s, extra)]
-    else:
-        with ThreadPoolExecutor(len(procs)) as pool:  # perf_analyzer runs in subprocesses: threads suffice
-            futures = [
-                pool.submit(_read_one, pa, proc, c, n, pa_threads, timeout_s, extra)
-                for proc, (c, n) in zip(procs, loads, strict=True)
-            ]
-            readings = [f.result() for f in futures]
+    with ThreadPoolExecutor(len(procs)) as pool:  # perf_analyzer runs in subprocesses: threads suffice
+        futures = [
+            pool.submit(_read_one, pa, proc, c, n, pa_threads, timeout_s, extra)
+            for proc, (c, n) in zip(procs, loads, strict=True)
+        ]
+        readings = [f.result() for f in futures]
     errors = [r.m.error for r in readings if r.m.error]
     if errors:
         return ServerSample(error=errors[0] if len(procs) == 1 else f"{len(errors)} of {len(procs)}: {errors[0]}")
