@@ -40,6 +40,12 @@ def test_triton_dynamic_batching_maps_onto_the_policy() -> None:
     assert policy.queue_policy(1) == QueuePolicy(allow_timeout_override=True, delay_on_timeout=True)
     assert [policy.level_of(p) for p in (0, 1, 3, 9)] == [2, 1, 3, 3]
     assert policy.latency_target_ms == 0
+    assert not policy.preserve_ordering
+
+
+def test_preserve_ordering_maps_onto_the_policy() -> None:
+    assert batch_policy(config("max_batch_size: 8 dynamic_batching { preserve_ordering: true }")).preserve_ordering
+    assert not batch_policy(config("max_batch_size: 8 dynamic_batching { }")).preserve_ordering
 
 
 def test_without_dynamic_batching_requests_run_alone() -> None:

@@ -9,6 +9,7 @@ Every test drives its own event loop through `asyncio.run`.
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -290,6 +291,115 @@ def test_two_runners_run_two_batches_at_the_same_time() -> None:
         np.testing.assert_array_equal(c.outputs["y"], second_x * 2)
 
     run(main)
+
+
+# -- preserve_ordering ------------------------------------------------------------------
+
+
+async def slow_then_fast(
+    preserve_ordering: bool, slow_value: float = 1.0
+) -> tuple[DynamicBatcher, Runner, asyncio.Task[BatchResult], asyncio.Task[BatchResult], list[str]]:
+    """Two instances: a request held in the first, then one the second answers at once.
+
+    The held instance fails a batch holding 666.0 (`poisoned`). Returns the batcher, the held
+    runner, both tasks and the order in which they finished."""
+    held, free = Runner(poisoned, hold=True), Runner()
+    b = make_batcher("m_1", [held, free], max_batch_size=8, preserve_ordering=preserve_ordering)
+    b.start()
+    finished: list[str] = []
+    slow = submit(b, x(2, slow_value))
+    slow.add_done_callback(lambda _: finished.append("slow"))
+    await held.wait_entered()
+    fast = submit(b, x(1, 10.0))
+    fast.add_done_callback(lambda _: finished.append("fast"))
+    await free.wait_entered()
+    await until(lambda: b.running_batches == 1)  # the fast batch is computed and handed back
+    return b, held, slow, fast, finished
+
+
+@pytest.mark.parametrize("preserve_ordering", [False, True])
+def test_preserve_ordering_holds_a_later_answer_until_the_earlier_ones_are_in(preserve_ordering: bool) -> None:
+    async def main() -> None:
+        b, held, slow, fast, finished = await slow_then_fast(preserve_ordering)
+        for _ in range(5):  # loop turns in which an unordered answer reaches its caller
+            await asyncio.sleep(0)
+        assert fast.done() is not preserve_ordering
+        held.release.set()
+        results = await asyncio.gather(slow, fast)
+        await b.close()
+
+        assert finished == (["slow", "fast"] if preserve_ordering else ["fast", "slow"])
+        np.testing.assert_array_equal(results[0].outputs["y"], x(2, 1.0) * 2)
+        np.testing.assert_array_equal(results[1].outputs["y"], x(1, 10.0) * 2)
+
+    run(main)
+
+
+def test_preserve_ordering_keeps_an_error_in_its_place() -> None:
+    async def main() -> None:
+        b, held, slow, fast, finished = await slow_then_fast(True, 666.0)
+        await asyncio.sleep(0.01)
+        assert not fast.done()
+        held.release.set()
+        with pytest.raises(InternalError, match="choked"):
+            await slow
+        np.testing.assert_array_equal((await fast).outputs["y"], x(1, 10.0) * 2)
+        await b.close()
+        assert finished == ["slow", "fast"]
+
+    run(main)
+
+
+def test_preserve_ordering_a_cancelled_caller_gives_its_place_up() -> None:
+    async def main() -> None:
+        b, held, slow, fast, finished = await slow_then_fast(True)
+        await asyncio.sleep(0.01)
+        assert not fast.done()
+        slow.cancel()  # its batch still runs; the answer behind it no longer waits for it
+        np.testing.assert_array_equal((await fast).outputs["y"], x(1, 10.0) * 2)
+        assert held.calls and not held.release.is_set()
+        held.release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await slow
+        after = await b.submit({"x": x(1, 5.0)}, rows=1)  # the order is not stuck behind anything
+        np.testing.assert_array_equal(after.outputs["y"], x(1, 5.0) * 2)
+        await b.close()
+        assert finished == ["slow", "fast"]  # the cancelled task ended first, then the answer
+
+    run(main)
+
+
+def test_preserve_ordering_a_cancelled_caller_with_its_answer_in_logs_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def main() -> None:
+        # The second request fails at once while the first still runs; its caller goes away
+        # while waiting for its turn: the unread error must not be reported as never retrieved.
+        def fail_fast(feeds: Feeds) -> dict[str, Array]:
+            if feeds["x"][0, 0] == 10.0:
+                raise InvalidInputError("bad")
+            return double(feeds)
+
+        held, free = Runner(hold=True), Runner(fail_fast)
+        b = make_batcher("m_1", [held, free], max_batch_size=8, preserve_ordering=True)
+        b.start()
+        slow = submit(b, x(2, 1.0))
+        await held.wait_entered()
+        fast = submit(b, x(1, 10.0))
+        await free.wait_entered()
+        await until(lambda: b.running_batches == 1)
+        await asyncio.sleep(0.01)
+        fast.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await fast
+        held.release.set()
+        await slow
+        await b.close()
+
+    with caplog.at_level("ERROR"):
+        run(main)
+        gc.collect()
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
 
 
 # -- max_queue_delay_us -----------------------------------------------------------------

@@ -149,7 +149,7 @@ def test_honoured_config_reports_nothing() -> None:
     assert unhonoured_fields(config) == []
 
 
-def test_every_dynamic_batching_field_but_preserve_ordering_is_honoured() -> None:
+def test_every_dynamic_batching_field_is_honoured() -> None:
     config = parse(
         """
         max_batch_size: 8
@@ -163,8 +163,7 @@ def test_every_dynamic_batching_field_but_preserve_ordering_is_honoured() -> Non
         version_policy: { latest: { num_versions: 2 } }
         """
     )
-    # Each unary response goes back on its own; holding responses in arrival order is not done.
-    assert unhonoured_fields(config) == ["dynamic_batching.preserve_ordering"]
+    assert unhonoured_fields(config) == []
 
 
 def test_unhonoured_fields_are_reported_by_path() -> None:

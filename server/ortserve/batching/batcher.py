@@ -23,6 +23,9 @@ The policy, in steps:
    policy has `batch_shapes`), run, split into per-request views (padding rows dropped); each
    still-pending future gets its slice and the timings; the observer gets a BatchReport. A
    failed run fails only the requests of that batch.
+6. With `preserve_ordering`, an answer (outputs or error) is handed back only once every request
+   queued before it has its own: a later batch that finishes first waits for the earlier ones
+   (`_release_in_order`). A request whose caller went away gives its place up at once.
 
 Without `dynamic` batching each execution carries exactly one request. If the batcher task
 dies, every waiter fails instead of hanging.
@@ -34,6 +37,7 @@ import asyncio
 import logging
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from time import monotonic_ns, perf_counter_ns
@@ -149,6 +153,10 @@ class DynamicBatcher:
             if self.policy.batching and self.policy.latency_target_ms > 0
             else None
         )
+        self._order: deque[tuple[asyncio.Future[object], asyncio.Future[None]]] | None = (
+            deque() if self.policy.preserve_ordering else None
+        )
+        """With preserve_ordering: each queued request's (answer, turn to hand it back), in queue order."""
         self._wakeup = asyncio.Event()
         self._idle: asyncio.Queue[int] = asyncio.Queue()
         self._jobs: list[queue.SimpleQueue[_Job | None]] = []
@@ -270,14 +278,36 @@ class DynamicBatcher:
         if self._hold is not None:
             self._hold.arrived(now)
         self._wakeup.set()
+        turn: asyncio.Future[None] | None = None
+        if self._order is not None:
+            turn = loop.create_future()
+            self._order.append((future, turn))
+            future.add_done_callback(self._release_in_order)
         try:
-            return cast(BatchResult, await future)
+            if turn is None:
+                return cast(BatchResult, await future)
+            await turn
+            return cast(BatchResult, future.result())
         except asyncio.CancelledError:
             self._queue.discard(item)
+            if turn is not None:  # awaiting its turn, the answer's future was not cancelled with the caller
+                if not future.done():
+                    future.cancel()  # gives its place in the order up
+                elif not future.cancelled():
+                    future.exception()  # an answer nobody will read: retrieved, so asyncio does not log it
             raise
         finally:
             for timer in item.timers:
                 timer.cancel()
+
+    def _release_in_order(self, _: asyncio.Future[object]) -> None:
+        """preserve_ordering: let the callers at the front of the order, whose answers are in, return."""
+        order = self._order
+        assert order is not None
+        while order and order[0][0].done():
+            turn = order.popleft()[1]
+            if not turn.done():
+                turn.set_result(None)
 
     async def close(self, timeout_s: float | None = None) -> None:
         """Refuse new requests, finish the queued and running ones, then stop the threads.

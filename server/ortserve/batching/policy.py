@@ -50,6 +50,10 @@ class BatchPolicy:
     batch_shapes: tuple[int, ...] = ()
     """Ascending row counts a batch is padded up to before it runs (shapes.ShapePlanner chooses
     which); empty = run batches as formed."""
+    preserve_ordering: bool = False
+    """Answer accepted requests in the order they entered the queue (Triton's preserve_ordering):
+    a request whose batch finishes early waits until every request before it is answered; errors
+    keep their place too, a request whose caller went away gives its place up at once."""
     hold: bool = True
     """At high load, let a batch that an idle instance could run wait briefly for more rows
     (hold.BatchHold: measured, never at low load); False = strictly greedy."""

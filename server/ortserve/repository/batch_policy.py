@@ -117,5 +117,6 @@ def batch_policy(config: mc.ModelConfig, default_latency_target_ms: float = 0.0,
         queue_policies={level: _queue_policy(p) for level, p in batching.priority_queue_policy.items()},
         latency_target_ms=latency_target_ms(config, default_latency_target_ms) if dynamic else 0.0,
         batch_shapes=batch_shapes(config, device),
+        preserve_ordering=dynamic and batching.preserve_ordering,
         hold=batch_hold(config),
     )

@@ -126,6 +126,7 @@ HONOURED: Final[_Honoured] = {
         "default_priority_level": None,
         "default_queue_policy": _QUEUE_POLICY,
         "priority_queue_policy": _QUEUE_POLICY,
+        "preserve_ordering": None,
     },
     # Keys are checked by the batching room, which owns their meaning.
     "parameters": None,
