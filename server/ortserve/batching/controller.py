@@ -6,8 +6,9 @@ as high as the target allows:
 1. **Cost model.** Every executed batch reports (rows, wall time). An exponentially weighted
    least-squares line t(b) = fixed + per_row * b follows the model as load and machine change
    (the decay forgets old points), seeded by the warm-up runs.
-2. **Batch cap.** A request can wait for the batch before it and then run in its own, so the
-   largest batch allowed is the largest b with 2 * t(b) <= T.
+2. **Batch cap.** A request can wait for the batch before it and then run in its own, and both
+   must fit in the batcher's share of the target (SETPOINT * T, step 4: the rest is time outside
+   the batcher), so the largest batch allowed is the largest b with 2 * t(b) <= SETPOINT * T.
 3. **Admission.** A new request's completion time is estimated from the rows queued ahead of
    it at its priority and above, the instances, and t(cap). If it cannot finish within the
    admission bound (ADMIT_FRACTION * T, trimmed by feedback, step 4) or before its own
@@ -168,7 +169,7 @@ class LatencyController:
         if not self.ready:
             return self.max_batch_size
         fixed, per_row = self.cost.line()
-        budget = self.target_ns / 2 - fixed
+        budget = self.setpoint_ns / 2 - fixed
         if per_row <= 0:
             return self.max_batch_size if budget > 0 else 1
         return max(1, min(self.max_batch_size, math.floor(budget / per_row + 1e-9)))
