@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+import random
+import statistics
 import time
 from typing import Any
 
@@ -15,6 +17,7 @@ from ortserve.batching import BatchPolicy, DynamicBatcher, LatencyController, La
 from ortserve.batching.controller import (
     ADMIT_FRACTION,
     MIN_SCALE,
+    RETRY_JITTER,
     RETRY_TARGETS,
     RETRY_TARGETS_MAX,
     SETPOINT,
@@ -258,7 +261,7 @@ def test_admission_rejects_what_cannot_make_the_target() -> None:
 
 
 def calibrated(target_ms: float = 20, instances: int = 1) -> LatencyController:
-    controller = LatencyController(target_ms=target_ms, instances=instances, max_batch_size=8)
+    controller = LatencyController(target_ms=target_ms, instances=instances, max_batch_size=8, rng=random.Random(0))
     for rows in (1, 2, 4, 8):
         controller.observe(rows, rows * MS)  # 1 ms per row
     return controller
@@ -300,10 +303,25 @@ def test_feedback_within_the_tail_budget_leaves_the_bound_alone_and_has_a_floor(
     assert controller.admit_scale == pytest.approx(MIN_SCALE)
 
 
-def test_the_retry_hint_is_when_the_queue_drains_and_at_least_two_targets() -> None:
+def test_the_retry_hint_is_when_the_queue_drains_and_at_least_two_targets_jittered() -> None:
     controller = calibrated(target_ms=20)
-    assert controller.retry_after_ns(5 * MS) == pytest.approx(40 * MS)
+    floor = RETRY_TARGETS * 20 * MS
+    hints = [controller.retry_after_ns(5 * MS) for _ in range(2000)]
+    low, high = (1 - RETRY_JITTER) * floor, (1 + RETRY_JITTER) * floor
+    assert all(low <= h <= high for h in hints)
+    # Spread over the whole width (refused together, back apart), centred on the floor.
+    assert min(hints) < low + 0.05 * floor and max(hints) > high - 0.05 * floor
+    assert statistics.mean(hints) == pytest.approx(floor, rel=0.05)
+    # A queue that takes longer to drain than any jittered floor sets the hint itself.
     assert controller.retry_after_ns(90 * MS) == pytest.approx(90 * MS)
+
+
+def test_the_retry_jitter_comes_from_the_given_generator() -> None:
+    hints = []
+    for _ in range(2):
+        controller = LatencyController(20, 1, 8, rng=random.Random(7))
+        hints.append([controller.retry_after_ns(0) for _ in range(5)])
+    assert hints[0] == hints[1] and len(set(hints[0])) == 5
 
 
 def test_the_retry_floor_stretches_until_refusals_are_a_tenth_of_the_answered_then_falls_back() -> None:
@@ -362,7 +380,7 @@ def test_the_batcher_caps_batches_and_sheds_load_under_a_target() -> None:
         served = [r for r in results if not isinstance(r, BaseException)]
         assert shed and served, results
         assert "over the latency target of 20 ms" in str(shed[0])
-        assert all(r.retry_after_ms is not None and r.retry_after_ms >= 40 for r in shed)
+        assert all(r.retry_after_ms is not None and r.retry_after_ms >= (1 - RETRY_JITTER) * 40 for r in shed)
         assert max(runner.rows) <= 3
         assert sum(runner.rows) == len(served)  # nothing shed was computed
 

@@ -243,7 +243,8 @@ class OrtserveCollector(Collector):
                 ("ortserve_latency_target_batch_cap", "The largest batch (rows) the controller lets run now."),
                 (
                     "ortserve_latency_target_retry_after_seconds",
-                    "The least retry-after-ms hint a refusal carries now (stretches while refusals are many).",
+                    "The retry-after-ms hints' floor now: a refusal's hint is at least the floor times a random factor "
+                    "in 0.5-1.5 (the floor stretches while refusals are many).",
                 ),
             )
         ]
