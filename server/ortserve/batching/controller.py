@@ -142,7 +142,7 @@ class LatencyController:
         self.over_rate = 0.0
         """Running fraction of answered requests whose batcher time exceeded the setpoint."""
         self.retry_floor_ns = RETRY_TARGETS * self.target_ns
-        """The least retry hint now (step 5 of the module docstring)."""
+        """The retry hints' floor now (step 5 of the module docstring; each hint is jittered around it)."""
         self._random = (rng or random.Random()).random
         """Uniform [0, 1) draws for the hints' jitter (tests pass a seeded generator)."""
         self._period_start_ns: int | None = None
@@ -202,11 +202,10 @@ class LatencyController:
         """The retry hint for a request refused with `refused_estimate_ns`.
 
         When what is queued now has drained, and no sooner than the floor (step 5) times a random
-        factor in 1 +- RETRY_JITTER: a client
-        refused for the target's sake that came back sooner would most likely be refused again,
-        and each refusal costs both sides a round trip (in a closed loop at concurrency 64 on the
-        CNN, hints of 2, 4 and 8 targets left 464, 221 and 113 refusals/s and answered 844, 918
-        and 932 requests/s).
+        factor in 1 +- RETRY_JITTER: a client refused for the target's sake that came back sooner
+        would most likely be refused again, and each refusal costs both sides a round trip (in a
+        closed loop at concurrency 64 on the CNN, hints of 2, 4 and 8 targets left 464, 221 and 113
+        refusals/s and answered 844, 918 and 932 requests/s).
         """
         jitter = 1.0 + RETRY_JITTER * (2.0 * self._random() - 1.0)
         return max(refused_estimate_ns, self.retry_floor_ns * jitter)
