@@ -64,6 +64,14 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
         "max_batch_size: 8\ndynamic_batching { }\n"
         'parameters { key: "latency_target_ms" value { string_value: "50" } }\n',
     )
+    # The same under a 200 ms target, for a request admitted in time that the batch before it delays.
+    models.save(sleeper(batchable=True), repo, "sleeper_target_late")
+    write_config(
+        repo,
+        "sleeper_target_late",
+        "max_batch_size: 8\ndynamic_batching { }\n"
+        'parameters { key: "latency_target_ms" value { string_value: "200" } }\n',
+    )
     with serve_in_thread(repo, http_port=-1) as running:
         yield running
 
@@ -507,6 +515,42 @@ def test_stream_request_with_expired_timeout(srv: RunningServer, clock: SleeperC
         return True
 
     while_busy(attempt, seconds=1.0)
+
+
+def test_a_request_delayed_past_the_latency_target_in_the_queue_is_refused_not_computed(
+    srv: RunningServer, clock: SleeperClock
+) -> None:
+    def batch_request(iterations: int) -> pb.ModelInferRequest:
+        return infer_request("sleeper_target_late", {"x": np.array([[iterations]], np.int64)})
+
+    for _ in range(8):  # the cost model learns that a batch takes ~10 ms: one queued request fits 200 ms
+        srv.stub.ModelInfer(batch_request(clock.iterations(0.01)))
+    before = model_stats(srv.stub, "sleeper_target_late").inference_stats
+
+    def attempt(seconds: float) -> bool:
+        busy = srv.stub.ModelInfer.future(batch_request(clock.iterations(seconds)), timeout=120)
+        time.sleep(0.2)  # it reaches the instance, which then stays busy far past the target
+        queued = srv.stub.ModelInfer.future(batch_request(7), timeout=120)  # admitted: ~15 ms estimated
+        conclusive = not busy.done()
+        time.sleep(0.05)
+        conclusive = conclusive and not busy.done()  # still running once the queued request is in
+        busy.result()
+        if not conclusive:
+            return False  # the busy batch ended too soon (a loaded machine skewed the calibration)
+        error = queued.exception()
+        assert error is not None, "computed although the batch before it kept it past the target"
+        assert isinstance(error, grpc.Call) and error.code() is StatusCode.UNAVAILABLE, error
+        assert "would be answered after the latency target of 200 ms; not computed" in error.details()
+        assert int(dict(error.trailing_metadata() or ())["retry-after-ms"]) >= (1 - RETRY_JITTER) * RETRY_TARGETS * 200
+        return True
+
+    while_busy(attempt, seconds=0.6)
+    after = model_stats(srv.stub, "sleeper_target_late").inference_stats
+    assert after.fail.count > before.fail.count  # counted as a failure (Triton's REJECTED), never executed
+    np.testing.assert_array_equal(  # the instance free again: admitted and computed
+        outputs_of(srv.stub.ModelInfer(batch_request(1)))["y"], [[1]]
+    )
+    assert_still_serves(srv)
 
 
 def test_over_the_latency_target_is_refused_at_once_with_a_retry_hint(srv: RunningServer, clock: SleeperClock) -> None:

@@ -387,6 +387,56 @@ def test_the_batcher_caps_batches_and_sheds_load_under_a_target() -> None:
     run(main)
 
 
+@pytest.mark.parametrize("late", [True, False])
+def test_a_queued_request_that_would_be_answered_after_the_target_is_never_computed(late: bool) -> None:
+    """Admitted in time, then the batch before it ran long: failed as its batch starts, with a hint."""
+
+    async def main() -> None:
+        runner = Runner(hold=True)
+        b = DynamicBatcher("m_1", [runner], BatchPolicy(max_batch_size=8, latency_target_ms=50))
+        for rows in (1, 2, 4, 8):
+            b.observe_cost(rows, rows * MS)  # 1 ms per row: a queued row looks well within 50 ms
+        b.start()
+        blocker = asyncio.create_task(b.submit({"x": x(1, -1.0)}, rows=1))
+        await runner.wait_entered()
+        waiting = asyncio.create_task(b.submit({"x": x(2, 1.0)}, rows=2))
+        await until(lambda: b.queued_requests == 1)  # admitted behind the running batch
+        if late:
+            await asyncio.sleep(0.08)  # the running batch overruns the whole target
+        runner.release.set()
+        await blocker
+        if late:
+            with pytest.raises(LatencyTargetError, match="would be answered after the latency target of 50 ms") as err:
+                await waiting
+            assert err.value.retry_after_ms is not None and err.value.retry_after_ms >= (1 - RETRY_JITTER) * 100
+            assert runner.rows == [1]  # never computed
+        else:
+            np.testing.assert_array_equal((await waiting).outputs["y"], x(2, 1.0) * 2)
+            assert runner.rows == [1, 2]
+        after = await b.submit({"x": x(1, 5.0)}, rows=1)  # the batcher goes on
+        np.testing.assert_array_equal(after.outputs["y"], x(1, 5.0) * 2)
+        await b.close()
+
+    run(main)
+
+
+def test_a_batch_too_slow_for_the_target_by_itself_still_runs() -> None:
+    """No wait made it late: it runs as fast as it can, as admission lets it (nothing ahead, instance free)."""
+
+    async def main() -> None:
+        runner = Runner()
+        b = DynamicBatcher("m_1", [runner], BatchPolicy(max_batch_size=8, latency_target_ms=50))
+        for rows in (1, 2, 4, 8):
+            b.observe_cost(rows, rows * 100 * MS)  # one row alone is predicted at twice the target
+        b.start()
+        result = await b.submit({"x": x(1, 3.0)}, rows=1)
+        np.testing.assert_array_equal(result.outputs["y"], x(1, 3.0) * 2)
+        assert runner.rows == [1]
+        await b.close()
+
+    run(main)
+
+
 def test_a_deadline_that_cannot_be_met_is_refused_before_queueing() -> None:
     async def main() -> None:
         b = DynamicBatcher("m_1", [Runner()], BatchPolicy(max_batch_size=8, latency_target_ms=1000))

@@ -22,7 +22,9 @@ The policy, in steps:
    repeating the last row, to the batch shape the instance's ShapePlanner chooses when the
    policy has `batch_shapes`), run, split into per-request views (padding rows dropped); each
    still-pending future gets its slice and the timings; the observer gets a BatchReport. A
-   failed run fails only the requests of that batch.
+   failed run fails only the requests of that batch. In latency-target mode, a request that
+   its batch would answer after the target (the batches before it ran longer than admission
+   estimated) fails as the batch starts, with a retry hint, instead of being computed late.
 6. With `preserve_ordering`, an answer (outputs or error) is handed back only once every request
    queued before it has its own: a later batch that finishes first waits for the earlier ones
    (`_release_in_order`). A request whose caller went away gives its place up at once.
@@ -356,6 +358,39 @@ class DynamicBatcher:
                 retry_after_ms=retry_ms,
             )
 
+    def _shed_late(self, live: list[Pending], now: int, controller: LatencyController) -> list[Pending]:
+        """Latency-target mode, as a batch starts: fail the requests it would answer after the target.
+
+        Admission estimated them in time, but the batches before them ran longer than estimated;
+        computed now, they would be answered late because of that wait. Each gets UNAVAILABLE with a
+        retry hint, like a refusal at admission, and is never computed; the rest of the batch runs.
+        A batch predicted to take longer than the target by itself runs whole (no wait made it late).
+        """
+        if not controller.ready:
+            return live
+        run_ns = controller.cost.predict(sum(item.rows for item in live))
+        target = controller.target_ns
+        if run_ns >= target:
+            return live  # late without any wait: run as fast as it can, as admission lets it
+        finish = now + run_ns
+        if finish - min(item.enqueued_ns for item in live) <= target:
+            return live
+        kept = []
+        for item in live:
+            if finish - item.enqueued_ns <= target:
+                kept.append(item)
+                continue
+            retry_ms = max(round(controller.refused_late(now) / 1e6), 1)
+            item.future.set_exception(
+                LatencyTargetError(
+                    f"model {self.name}: overloaded: the request waited {(now - item.enqueued_ns) / 1e6:.1f} ms in the "
+                    f"queue and would be answered after the latency target of {self.policy.latency_target_ms:g} ms; "
+                    f"not computed; retry after {retry_ms} ms (trailing metadata retry-after-ms) or on another replica",
+                    retry_after_ms=retry_ms,
+                )
+            )
+        return kept
+
     def _arm_timers(self, loop: asyncio.AbstractEventLoop, item: Pending, now: int, timeout_us: int) -> None:
         policy = self.policy.queue_policy(item.level)
         queue_timeout_us = policy.default_timeout_us
@@ -411,6 +446,8 @@ class DynamicBatcher:
                 if not item.future.done()
                 and (item.deadline_ns is None or now < item.deadline_ns or not self._past_deadline(item, now))
             ]
+            if self._controller is not None and live:
+                live = self._shed_late(live, now, self._controller)
             if not live:
                 self._idle.put_nowait(instance)
                 continue

@@ -14,7 +14,9 @@ as high as the target allows:
    admission bound (ADMIT_FRACTION * T, trimmed by feedback, step 4) or before its own
    deadline, it is rejected at once (never when nothing is queued ahead of it and an
    instance is free: then it runs at once, as fast as it ever could), instead of being
-   computed late: a fast UNAVAILABLE lets the client retry elsewhere. The refusal carries a
+   computed late: a fast UNAVAILABLE lets the client retry elsewhere. (A queued request that the
+   batches before it delayed past the target is failed the same way as its batch starts: the
+   batcher's `_shed_late`, counted here by `refused_late`.) The refusal carries a
    retry hint (step 5) so that a client that follows it comes back when there is room instead
    of bouncing off a full queue.
 
@@ -220,6 +222,13 @@ class LatencyController:
         self._refused += 1
         self._next_period(now_ns)
         return estimate
+
+    def refused_late(self, now_ns: int) -> float:
+        """Count a queued request failed as its batch started (it would have been answered after the
+        target) as a refusal; returns its retry hint (ns), the jittered floor."""
+        self._refused += 1
+        self._next_period(now_ns)
+        return self.retry_after_ns(0.0)
 
     def _next_period(self, now_ns: int) -> None:
         """At the end of a hint period, move the retry floor (step 5) and start the next period."""
