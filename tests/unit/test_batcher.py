@@ -152,6 +152,62 @@ def test_lone_request_runs_at_once_and_gets_its_answer() -> None:
     run(main)
 
 
+def test_a_lone_request_is_handed_to_the_worker_by_submit_itself() -> None:
+    """Idle instance, nothing queued: the request is running once its own task has taken one step,
+    with no loop iteration for the batcher task in between."""
+
+    async def main() -> None:
+        runner = Runner(hold=True)
+        b = make_batcher("m_1", [runner], max_batch_size=8)
+        b.start()
+        task = submit(b, x(1, 1.0))
+        await asyncio.sleep(0)  # the submitting task's first step, and nothing after it
+        assert b.running_batches == 1 and b.queued_requests == 0
+        runner.release.set()
+        result = await task
+        assert result.started_ns > result.enqueued_ns  # queue time is the handoff to the worker
+        await b.close()
+
+    run(main)
+
+
+@pytest.mark.parametrize("why", ["queued requests", "max_queue_delay_us"])
+def test_a_request_takes_its_place_in_the_queue_when_an_instance_is_free_but(why: str) -> None:
+    """With requests already queued (FIFO), or a delay that may gather more rows, a new request
+    goes through the queue even when an instance is free."""
+
+    async def main() -> None:
+        runners = [Runner(hold=True), Runner()]
+        delay_us = 200_000 if why == "max_queue_delay_us" else 0
+        b = make_batcher("m_2", runners, max_batch_size=8, max_queue_delay_us=delay_us)
+        b.start()
+        if why == "queued requests":
+            first = submit(b, x(1, 1.0))
+            await runners[0].wait_entered()  # instance 0 busy; instance 1 free
+            # The moment between an instance's completion and the batcher task's next step, made to last:
+            b._free.clear()  # instance 1 taken for the moment
+            second = submit(b, x(1, 2.0))
+            await until(lambda: b.queued_requests == 1)
+            b._free.append(1)  # free again, a request queued: the next one must queue behind it
+            third = submit(b, x(1, 3.0))
+            await asyncio.sleep(0)
+            assert b.queued_requests == 2 and b.running_batches == 1
+            runners[0].release.set()
+            results = await asyncio.gather(first, second, third)
+            assert [r.outputs["y"][0, 0] for r in results] == [2.0, 4.0, 6.0]
+            assert runners[1].rows == [2]  # the two queued requests in one batch, in queue order
+            np.testing.assert_array_equal(runners[1].calls[0]["x"][:, 0], [2.0, 3.0])
+        else:
+            task = submit(b, x(1, 1.0))
+            await asyncio.sleep(0)
+            assert b.running_batches == 0  # waiting for rows (at most the delay), not running
+            runners[0].release.set()
+            await task
+        await b.close()
+
+    run(main)
+
+
 def test_submit_before_any_request_is_queued_reports_empty_queue() -> None:
     async def main() -> None:
         b = make_batcher("m_1", [Runner()], max_batch_size=4)

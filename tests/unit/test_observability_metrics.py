@@ -263,18 +263,21 @@ def test_every_family_after_successes_of_known_batch_sizes_and_every_failure_rea
         for i in range(3):  # one at a time: three executions of 1 row
             response = await dp.infer(request(idx(i)))
             assert response.outputs[0][1].tolist() == [[10.0 + i]]
-        await dp.infer(request(idx(0, 1, 2, 3)))  # one execution of 4 rows
+        # One execution of 4 rows, which holds the instance while the next request queues behind it.
+        running = asyncio.create_task(dp.infer(request(idx(0, 1, 2, 3))))
+        task = asyncio.create_task(dp.infer(request(idx(0))))
+        await asyncio.sleep(0)  # the first runs, the second is queued, awaiting its slice
+        assert registry.get("lookup").batcher.queued_requests == 1
+        task.cancel()  # CANCELED: the client went away
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await running
         with pytest.raises(InvalidInputError):  # REJECTED: a bad tensor
             await dp.infer(request({"idx": np.zeros((1, 1), dtype=np.float32)}))
         with pytest.raises(Exception, match="deadline"):  # REJECTED: the deadline has passed
             await dp.infer(request(idx(0), deadline_ns=1))
         with pytest.raises(Exception, match="batch execution failed|out of|indices"):  # BACKEND: the run fails
             await dp.infer(request(idx(99)))
-        task = asyncio.create_task(dp.infer(request(idx(0))))
-        await asyncio.sleep(0)  # it is queued, awaiting its slice
-        task.cancel()  # CANCELED: the client went away
-        with pytest.raises(asyncio.CancelledError):
-            await task
         model = registry.get("lookup")
 
         async def broken(*args: Any, **kwargs: Any) -> Any:

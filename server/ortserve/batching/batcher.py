@@ -6,8 +6,11 @@ The policy, in steps:
    the request can still finish within the target and its deadline), queues the request at
    its priority level with its future and arms its timers (a deadline within 1 s; queue
    timeout, whose action is REJECT or DELAY).
-2. The batcher task waits for an idle instance, then for a live request (cancelled or expired
-   requests never leave the queue for a batch).
+2. A request that finds an instance idle and nothing queued or forming (and no hold or
+   `max_queue_delay_us` that could keep it waiting) runs at once: `submit` hands it to the
+   instance's worker itself. Otherwise the batcher task, woken when a free instance has queued
+   work, takes the instance and the first live request (cancelled or expired requests never
+   leave the queue for a batch).
 3. It gathers every queued request that fits: same non-batch dims, rows counted, at most the
    batch cap (`max_batch_size`, or the controller's smaller cap in latency-target mode, or with
    batch shapes the instance's current shape: shapes.py), higher priorities first. While every
@@ -75,6 +78,7 @@ class BatchResult:
     outputs: dict[str, np.ndarray]
     enqueued_ns: int
     started_ns: int
+    """When the instance's worker thread began the batch: the queue time includes the handoff to it."""
     compute_input_ns: int
     compute_infer_ns: int
     compute_output_ns: int
@@ -92,6 +96,7 @@ class BatchReport:
     model: str
     rows: int
     started_ns: int
+    """When the worker thread began the batch (when it was handed over, for a failed one)."""
     finished_ns: int
     compute_input_ns: int = 0
     compute_infer_ns: int = 0
@@ -114,8 +119,9 @@ deadline failure)."""
 
 _Job = tuple[int, list[Pending], int]
 """(instance, the batch's live requests, dispatch time): one unit of work for a worker thread."""
-_Done = tuple[list[dict[str, np.ndarray]], int, int, int]
-"""(per-request outputs, compute input/infer/output ns): what a worker hands back."""
+_Done = tuple[list[dict[str, np.ndarray]], int, int, int, int]
+"""(per-request outputs, when the worker began the batch (monotonic ns), compute input/infer/output ns):
+what a worker hands back."""
 
 
 class DynamicBatcher:
@@ -160,7 +166,9 @@ class DynamicBatcher:
         )
         """With preserve_ordering: each queued request's (answer, turn to hand it back), in queue order."""
         self._wakeup = asyncio.Event()
-        self._idle: asyncio.Queue[int] = asyncio.Queue()
+        """Set when a free instance may have queued work (and by each arrival, for a forming batch)."""
+        self._free: list[int] = []
+        """Idle instances that no batch is forming for; the last freed is used first."""
         self._jobs: list[queue.SimpleQueue[_Job | None]] = []
         self._threads: list[threading.Thread] = []
         self._running = 0  # batches executing
@@ -229,7 +237,7 @@ class DynamicBatcher:
             thread.start()
             self._jobs.append(jobs)
             self._threads.append(thread)
-            self._idle.put_nowait(index)
+        self._free = list(reversed(range(len(self._runners))))
         self._task = self._loop.create_task(self._dispatch(), name=f"batcher-{self.name}")
         self._task.add_done_callback(self._on_loop_done)
         self._accepting = True
@@ -272,14 +280,27 @@ class DynamicBatcher:
         key = tuple([a.shape[1:] for a in inputs.values()]) if self._batching else ()
         future: asyncio.Future[object] = loop.create_future()
         item = Pending(inputs, rows, key, future, now, deadline_ns, level, context, [])
-        self._queue.push(item)  # QueueFullError when the level is full
-        if timeout_us or self._queue_timeouts or (
-            deadline_ns is not None and deadline_ns - now <= DEADLINE_TIMER_HORIZON_NS
+        hold = self._hold
+        if hold is not None:
+            hold.arrived(now)
+        if (
+            self._free
+            and not self._queue.requests
+            and not self._forming
+            and not self._delay_ns
+            and (hold is None or not hold.period_ns())
+            and (deadline_ns is None or now < deadline_ns)
         ):
-            self._arm_timers(loop, item, now, timeout_us)
-        if self._hold is not None:
-            self._hold.arrived(now)
-        self._wakeup.set()
+            # The greedy rule with nothing to gather: an instance is idle and nothing waits, so the
+            # request runs at once, handed to the worker from here rather than via the batcher task.
+            self._launch(self._free.pop(), [item], now)
+        else:
+            self._queue.push(item)  # QueueFullError when the level is full
+            if timeout_us or self._queue_timeouts or (
+                deadline_ns is not None and deadline_ns - now <= DEADLINE_TIMER_HORIZON_NS
+            ):
+                self._arm_timers(loop, item, now, timeout_us)
+            self._wakeup.set()
         turn: asyncio.Future[None] | None = None
         if self._order is not None:
             turn = loop.create_future()
@@ -437,7 +458,11 @@ class DynamicBatcher:
 
     async def _dispatch(self) -> None:
         while True:
-            instance = await self._idle.get()
+            if not (self._free and self._queue.requests):
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            instance = self._free.pop()
             batch = await self._next_batch(instance)
             now = monotonic_ns()
             live = [
@@ -449,11 +474,15 @@ class DynamicBatcher:
             if self._controller is not None and live:
                 live = self._shed_late(live, now, self._controller)
             if not live:
-                self._idle.put_nowait(instance)
+                self._free.append(instance)
                 continue
-            self._running += 1
-            self._running_requests += len(live)
-            self._jobs[instance].put((instance, live, now))
+            self._launch(instance, live, now)
+
+    def _launch(self, instance: int, live: list[Pending], now: int) -> None:
+        """Hand a batch to instance `instance`'s worker thread (the instance is no longer free)."""
+        self._running += 1
+        self._running_requests += len(live)
+        self._jobs[instance].put((instance, live, now))
 
     async def _next_batch(self, instance: int) -> list[Pending]:
         first = await self._pop_live()
@@ -555,7 +584,7 @@ class DynamicBatcher:
                         item.future.set_exception(type(error)(str(error)))
                 self._report(BatchReport(self.name, total, started, finished, error=error, contexts=contexts))
                 return
-            parts, input_ns, infer_ns, output_ns = done
+            parts, began, input_ns, infer_ns, output_ns = done
             if self._hold is not None:
                 self._hold.observe(finished - started - input_ns - infer_ns - output_ns)
             controller = self._controller
@@ -567,13 +596,15 @@ class DynamicBatcher:
             for item, outputs in zip(live, parts, strict=True):
                 if not item.future.done():
                     item.future.set_result(
-                        BatchResult(outputs, item.enqueued_ns, started, input_ns, infer_ns, output_ns, total)
+                        BatchResult(outputs, item.enqueued_ns, began, input_ns, infer_ns, output_ns, total)
                     )
             self._report(
-                BatchReport(self.name, total, started, finished, input_ns, infer_ns, output_ns, contexts)
+                BatchReport(self.name, total, began, finished, input_ns, infer_ns, output_ns, contexts)
             )
         finally:
-            self._idle.put_nowait(instance)
+            self._free.append(instance)
+            if self._queue.requests:
+                self._wakeup.set()
 
     def _report(self, report: BatchReport) -> None:
         if self._on_batch is None:
@@ -584,6 +615,7 @@ class DynamicBatcher:
             log.exception("model %s: batch observer failed", self.name)
 
     def _compute(self, instance: int, inputs: list[Mapping[str, np.ndarray]], live: list[Pending]) -> _Done:
+        began = monotonic_ns()
         rows = [item.rows for item in live]
         planner = self._planners[instance]
         padded = planner.rows_for(sum(rows))
@@ -596,7 +628,7 @@ class DynamicBatcher:
         planner.observe(padded, t2 - t1)
         parts = split_outputs(outputs, rows, padded)
         t3 = perf_counter_ns()
-        return parts, t1 - t0, t2 - t1, t3 - t2
+        return parts, began, t1 - t0, t2 - t1, t3 - t2
 
     def _batch_error(self, exc: BaseException) -> OrtserveError:
         if isinstance(exc, OrtserveError):

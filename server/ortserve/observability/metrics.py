@@ -132,7 +132,7 @@ _HISTOGRAMS: tuple[tuple[str, str, Callable[[ModelStats], Histogram], float], ..
     ),
     (
         "ortserve_queue_duration_seconds",
-        "Time successful requests waited in the batcher's queue, in seconds.",
+        "Time successful requests waited until a worker began their batch (queue and handoff), in seconds.",
         lambda s: s.queue_duration,
         1e9,
     ),
