@@ -141,6 +141,30 @@ def test_at_high_load_an_idle_instance_waits_for_the_stream_then_takes_it_in_one
     run(main)
 
 
+def test_an_arrival_joins_a_forming_batch_rather_than_a_free_instance() -> None:
+    """While the batcher task holds a batch for one instance, a new request joins that batch, even
+    with a second instance free and the hold no longer seeing high load."""
+
+    async def main() -> None:
+        runners = [Runner(), Runner()]
+        b = DynamicBatcher("m_2", runners, BatchPolicy(max_batch_size=16))
+        b.start()
+        seed(b, 300 * MS, 2 * MS)
+        first = asyncio.create_task(b.submit({"x": x(1, 0.0)}, rows=1))
+        await asyncio.sleep(0.005)  # the hold (until 300 ms pass without an arrival) is under way
+        hold = b.hold
+        assert hold is not None and b.running_batches == 0 and b.queued_requests == 0
+        hold.gap_ns = 10**12  # arrivals now look slow: a request arriving alone would run at once
+        second = asyncio.create_task(b.submit({"x": x(1, 1.0)}, rows=1))
+        await asyncio.sleep(0)
+        assert b.running_batches == 0  # it joined the forming batch
+        await asyncio.gather(first, second)
+        await b.close()
+        assert [r.rows for r in runners] == [[2], []]
+
+    run(main)
+
+
 def test_strictly_greedy_without_the_hold() -> None:
     async def main() -> None:
         b, runner = batcher(BatchPolicy(max_batch_size=16, hold=False))

@@ -281,18 +281,18 @@ class DynamicBatcher:
         future: asyncio.Future[object] = loop.create_future()
         item = Pending(inputs, rows, key, future, now, deadline_ns, level, context, [])
         hold = self._hold
-        if hold is not None:
+        # The greedy rule with nothing to gather: an instance is idle and nothing waits (no batch
+        # forming, no delay that could gather rows), so the request runs at once, handed to the
+        # worker from here rather than via the batcher task.
+        alone = bool(self._free) and not (self._queue.requests or self._forming or self._delay_ns)
+        if alone and deadline_ns is not None and now >= deadline_ns:
+            alone = False  # the queue's path fails it, counted as a deadline failure
+        counted = False
+        if alone and hold is not None:
             hold.arrived(now)
-        if (
-            self._free
-            and not self._queue.requests
-            and not self._forming
-            and not self._delay_ns
-            and (hold is None or not hold.period_ns())
-            and (deadline_ns is None or now < deadline_ns)
-        ):
-            # The greedy rule with nothing to gather: an instance is idle and nothing waits, so the
-            # request runs at once, handed to the worker from here rather than via the batcher task.
+            counted = True
+            alone = not hold.period_ns()  # arrivals flowing fast enough to hold for: the batcher task gathers
+        if alone:
             self._launch(self._free.pop(), [item], now)
         else:
             self._queue.push(item)  # QueueFullError when the level is full
@@ -300,6 +300,8 @@ class DynamicBatcher:
                 deadline_ns is not None and deadline_ns - now <= DEADLINE_TIMER_HORIZON_NS
             ):
                 self._arm_timers(loop, item, now, timeout_us)
+            if hold is not None and not counted:
+                hold.arrived(now)  # after push: a refused request is no arrival
             self._wakeup.set()
         turn: asyncio.Future[None] | None = None
         if self._order is not None:
