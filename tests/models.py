@@ -100,6 +100,20 @@ def rows_seen(dims: Dims = ("batch", 3)) -> onnx.ModelProto:
     return _model(graph)
 
 
+def lookup(table: Sequence[float] = (10.0, 11.0, 12.0, 13.0)) -> onnx.ModelProto:
+    """INT64 idx [batch, 1] -> y = table[idx] (FP32): an index outside the table fails the run itself
+    (ONNX Runtime's Gather checks its indices), whatever requests share the batch."""
+    values = helper.make_tensor("table", TensorProto.FLOAT, [len(table)], list(table))
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "idx"], ["y"], axis=0)],
+        "lookup",
+        [_vi("idx", "INT64", ("batch", 1))],
+        [_vi("y", "FP32", ("batch", 1))],
+        initializer=[values],
+    )
+    return _model(graph)
+
+
 def save(model: onnx.ModelProto, repo: Path, name: str, version: int = 1) -> Path:
     """Write `model` to <repo>/<name>/<version>/model.onnx and return that path."""
     path = repo / name / str(version) / "model.onnx"

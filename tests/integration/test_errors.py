@@ -55,6 +55,11 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
         "strings_batched",
         "max_batch_size: 8\ndynamic_batching { max_queue_delay_microseconds: 300000 }\n",
     )
+    # Requests that arrive within 300 ms of each other run as one batch; an index out of the table fails its run.
+    models.save(models.lookup(), repo, "lookup_batched")
+    write_config(
+        repo, "lookup_batched", "max_batch_size: 8\ndynamic_batching { max_queue_delay_microseconds: 300000 }\n"
+    )
     # Under a 50 ms latency target: once its cost model has seen ~60 ms batches, a request
     # queued behind a busy instance cannot make the target and is refused at once.
     models.save(sleeper(batchable=True), repo, "sleeper_target")
@@ -410,6 +415,28 @@ def test_a_bad_request_fails_only_itself_when_batched_with_good_ones(srv: Runnin
     assert after.inference_count == before.inference_count + 3
     assert after.inference_stats.success.count == before.inference_stats.success.count + 3
     assert after.inference_stats.fail.count == before.inference_stats.fail.count + 1
+
+
+def test_a_request_the_model_fails_on_fails_alone_and_its_batch_mates_are_answered(srv: RunningServer) -> None:
+    """ONNX Runtime's Gather rejects an index out of the table: the run of the whole batch fails, and
+    the batch is run again in parts so that only the request with that index fails."""
+
+    def request(index: int, request_id: str) -> pb.ModelInferRequest:
+        return infer_request("lookup_batched", {"idx": np.array([[index]], np.int64)}, request_id=request_id)
+
+    before = model_stats(srv.stub, "lookup_batched")
+    futures = [srv.stub.ModelInfer.future(request(i, f"g{i}"), timeout=30) for i in (0, 3, 1)]
+    bad_future = srv.stub.ModelInfer.future(request(99, "bad"), timeout=30)
+    for i, future in zip((0, 3, 1), futures, strict=True):
+        assert outputs_of(future.result())["y"].tolist() == [[10.0 + i]]
+    error = rpc_error(bad_future.result)
+    assert error.code() is StatusCode.INTERNAL
+    assert "onnxruntime run failed" in error.details() and "99" in error.details()
+    after = model_stats(srv.stub, "lookup_batched")
+    assert after.inference_stats.success.count == before.inference_stats.success.count + 3
+    assert after.inference_stats.fail.count == before.inference_stats.fail.count + 1
+    assert after.execution_count == before.execution_count + 1  # the four ran as one batch, rerun in parts
+    assert_still_serves(srv)
 
 
 # -- deadlines --------------------------------------------------------------------------------

@@ -661,26 +661,78 @@ def poisoned(feeds: Feeds) -> dict[str, Array]:
     return double(feeds)
 
 
-def test_runner_failure_fails_only_its_batch_with_internal_error() -> None:
+def test_a_failed_batch_is_rerun_in_parts_so_that_only_the_failing_request_fails() -> None:
     async def main() -> None:
         runner = Runner(poisoned, hold=True)
         b, blocker, blocker_x = await held_batcher(runner, max_batch_size=8)
         bad = submit(b, x(1, 666.0))
-        neighbour = submit(b, x(2, 1.0))  # shares the failing batch
+        neighbour_x = x(2, 1.0)
+        neighbour = submit(b, neighbour_x)  # shares the failing batch
         await until(lambda: b.queued_requests == 2)
         runner.release.set()
-        for task in (bad, neighbour):
-            with pytest.raises(InternalError) as caught:
-                await task
-            assert "m_1" in str(caught.value)
-            assert "the model choked on 666" in str(caught.value)
+        with pytest.raises(InternalError) as caught:
+            await bad
+        assert "m_1" in str(caught.value)
+        assert "the model choked on 666" in str(caught.value)
+        np.testing.assert_array_equal((await neighbour).outputs["y"], neighbour_x * 2)
         # The batch before and the batch after are unaffected.
         np.testing.assert_array_equal((await blocker).outputs["y"], blocker_x * 2)
         after_x = x(3, 5.0)
         after = await b.submit({"x": after_x}, rows=3)
         await b.close()
         np.testing.assert_array_equal(after.outputs["y"], after_x * 2)
-        assert runner.rows == [1, 3, 3]
+        # blocker; the batch of 3 rows that failed; its halves, each alone; the batch after
+        assert runner.rows == [1, 3, 1, 2, 3]
+
+    run(main)
+
+
+def test_a_failed_batch_is_split_until_each_failing_request_is_alone() -> None:
+    """Eight requests, two of them poisoned: every good one is answered with its own rows, each bad
+    one fails with the error of a run that held only itself, in at most 2n - 2 reruns."""
+
+    async def main() -> None:
+        runner = Runner(poisoned, hold=True)
+        b, blocker, _ = await held_batcher(runner, max_batch_size=8)
+        values = [x(1, 666.0) if i in (2, 7) else x(1, 10.0 * i + 1) for i in range(8)]
+        tasks = [submit(b, v) for v in values]
+        await until(lambda: b.queued_requests == 8)
+        runner.release.set()
+        await blocker
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        await b.close()
+        for i, (value, outcome) in enumerate(zip(values, outcomes, strict=True)):
+            if i in (2, 7):
+                assert isinstance(outcome, InternalError) and "choked" in str(outcome)
+            else:
+                assert isinstance(outcome, BatchResult)
+                np.testing.assert_array_equal(outcome.outputs["y"], value * 2)
+        reruns = runner.calls[2:]
+        assert 2 <= len(reruns) <= 2 * 8 - 2
+        # Each request is answered from exactly one run that succeeded, and each bad one ran alone last.
+        good_runs = [c["x"] for c in reruns if not (c["x"] == 666.0).any()]
+        assert sorted(float(v) for run_x in good_runs for v in run_x[:, 0]) == sorted(
+            float(v[0, 0]) for i, v in enumerate(values) if i not in (2, 7)
+        )
+        assert sum(1 for c in reruns if len(c["x"]) == 1 and c["x"][0, 0] == 666.0) == 2
+
+    run(main)
+
+
+def test_parts_of_a_failed_padded_batch_run_at_its_shape() -> None:
+    async def main() -> None:
+        runner = Runner(poisoned, hold=True)
+        b, blocker, _ = await held_batcher(runner, max_batch_size=8, batch_shapes=(4, 8))
+        bad, good_x = submit(b, x(1, 666.0)), x(2, 1.0)
+        good = submit(b, good_x)
+        await until(lambda: b.queued_requests == 2)
+        runner.release.set()
+        await blocker
+        with pytest.raises(InternalError):
+            await bad
+        np.testing.assert_array_equal((await good).outputs["y"], good_x * 2)
+        await b.close()
+        assert runner.rows == [4, 4, 4, 4]  # the blocker, the batch of 3 rows, then each part: padded to 4
 
     run(main)
 
@@ -689,19 +741,43 @@ def test_a_failed_batch_is_logged_once_not_once_per_request(caplog: pytest.LogCa
     async def main() -> None:
         runner = Runner(poisoned, hold=True)
         b, blocker, _ = await held_batcher(runner, max_batch_size=8)
-        tasks = [submit(b, x(1, 666.0)), submit(b, x(1, 1.0)), submit(b, x(1, 2.0))]
+        tasks = [submit(b, x(1, 666.0)), submit(b, x(1, 1.0)), submit(b, x(1, 666.0))]
         await until(lambda: b.queued_requests == 3)
         runner.release.set()
         await blocker
         outcomes = await asyncio.gather(*tasks, return_exceptions=True)
         await b.close()
-        assert all(isinstance(o, InternalError) for o in outcomes)
+        assert [type(o) for o in outcomes] == [InternalError, BatchResult, InternalError]
 
     with caplog.at_level("ERROR", logger="ortserve.batching"):
         run(main)
-    failures = [r for r in caplog.records if "batch execution failed" in r.getMessage()]
+    failures = [r for r in caplog.records if "failed" in r.getMessage()]
     assert len(failures) == 1
+    assert "2 of them failed on their own" in failures[0].getMessage()
     assert failures[0].exc_info is not None
+
+
+def test_a_batch_every_request_of_which_fails_alone_fails_each_with_its_own_error() -> None:
+    async def main() -> None:
+        def broken(feeds: Feeds) -> dict[str, Array]:
+            raise RuntimeError(f"cannot take {feeds['x'][:, 0].tolist()}")
+
+        runner = Runner(broken, hold=True)
+        reports: list[BatchReport] = []
+        b = make_batcher("m_1", [runner], max_batch_size=8, on_batch=reports.append)
+        b.start()
+        blocker = submit(b, x(1, -1.0))
+        await runner.wait_entered()
+        tasks = [submit(b, x(1, 10.0)), submit(b, x(1, 20.0)), submit(b, x(1, 30.0))]
+        await until(lambda: b.queued_requests == 3)
+        runner.release.set()
+        outcomes = await asyncio.gather(blocker, *tasks, return_exceptions=True)
+        await b.close()
+        assert all(isinstance(o, InternalError) for o in outcomes)
+        assert [str(o).rsplit("cannot take ", 1)[1] for o in outcomes[1:]] == ["[10.0]", "[20.0]", "[30.0]"]
+        assert [r.error is not None for r in reports] == [True, True]  # the blocker's batch and the three's
+
+    run(main)
 
 
 def test_ortserve_error_from_a_runner_keeps_its_class() -> None:

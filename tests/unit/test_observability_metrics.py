@@ -15,9 +15,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
@@ -198,21 +196,6 @@ def test_triton_pending_count_is_the_queue_only() -> None:
 # -- real traffic through the DataPlane ----------------------------------------------------------
 
 
-def lookup_model() -> onnx.ModelProto:
-    """INT64 idx [batch, 1] -> y = table[idx] (FP32): an index outside 0..3 fails the run itself."""
-    table = helper.make_tensor("table", TensorProto.FLOAT, [4], [10.0, 11.0, 12.0, 13.0])
-    graph = helper.make_graph(
-        [helper.make_node("Gather", ["table", "idx"], ["y"], axis=0)],
-        "lookup",
-        [helper.make_tensor_value_info("idx", TensorProto.INT64, ["batch", 1])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])],
-        initializer=[table],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", models.OPSET)])
-    model.ir_version = models.IR_VERSION
-    return model
-
-
 def idx(*values: int) -> dict[str, np.ndarray]:
     return {"idx": np.array(values, dtype=np.int64).reshape(-1, 1)}
 
@@ -253,7 +236,7 @@ def snapshot(metrics: CollectorRegistry) -> CollectorRegistry:
 def test_every_family_after_successes_of_known_batch_sizes_and_every_failure_reason(
     repo: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    models.save(lookup_model(), repo, "lookup")
+    models.save(models.lookup(), repo, "lookup")
 
     async def traffic(registry: ModelRegistry, dp: DataPlane) -> CollectorRegistry:
         metrics = collectors(registry)
@@ -344,7 +327,7 @@ def test_pending_requests_per_instance_rises_while_requests_wait(repo: Path) -> 
 
 
 def test_a_model_with_a_latency_target_shows_its_controller(repo: Path) -> None:
-    models.save(lookup_model(), repo, "lookup")
+    models.save(models.lookup(), repo, "lookup")
     target = 'parameters { key: "latency_target_ms" value { string_value: "40" } }'
     (repo / "lookup" / "config.pbtxt").write_text(f"max_batch_size: 8\ndynamic_batching {{ }}\n{target}\n")
     labels = {"model": "lookup", "version": "1"}

@@ -88,3 +88,12 @@ def test_without_shapes_or_without_a_change_cost_the_cap_is_the_batchers() -> No
     cheap = seeded(change_ms=1)  # less than a run at 8 rows (1.6 ms): leaving rows behind costs more
     cheap.rows_for(8)
     assert cheap.cap(12, 72) == 72
+
+
+def test_a_part_of_a_failed_batch_runs_at_the_current_shape_and_changes_nothing() -> None:
+    planner = seeded(change_ms=90)
+    assert planner.rows_for(30) == 32
+    waste = planner._waste_ns
+    assert [planner.rows_for_part(n) for n in (1, 15, 32, 33, 80)] == [32, 32, 32, 40, 80]
+    assert planner.current == 32 and planner._waste_ns == waste  # read-only: the next batch decides as before
+    assert ShapePlanner(()).rows_for_part(5) == 5  # no shapes (CPU): parts run as they are

@@ -24,10 +24,12 @@ The policy, in steps:
 5. The batch runs on the instance's own worker thread: concatenate (the one copy; padded, by
    repeating the last row, to the batch shape the instance's ShapePlanner chooses when the
    policy has `batch_shapes`), run, split into per-request views (padding rows dropped); each
-   still-pending future gets its slice and the timings; the observer gets a BatchReport. A
-   failed run fails only the requests of that batch. In latency-target mode, a request that
-   its batch would answer after the target (the batches before it ran longer than admission
-   estimated) fails as the batch starts, with a retry hint, instead of being computed late.
+   still-pending future gets its slice and the timings; the observer gets a BatchReport. When
+   the model's run of several requests fails, they run again in halves, recursively
+   (`_isolate`), so that only a request that fails on its own fails. In latency-target mode, a
+   request that its batch would answer after the target (the batches before it ran longer than
+   admission estimated) fails as the batch starts, with a retry hint, instead of being computed
+   late.
 6. With `preserve_ordering`, an answer (outputs or error) is handed back only once every request
    queued before it has its own: a later batch that finishes first waits for the earlier ones
    (`_release_in_order`). A request whose caller went away gives its place up at once.
@@ -119,9 +121,19 @@ deadline failure)."""
 
 _Job = tuple[int, list[Pending], int]
 """(instance, the batch's live requests, dispatch time): one unit of work for a worker thread."""
-_Done = tuple[list[dict[str, np.ndarray]], int, int, int, int]
-"""(per-request outputs, when the worker began the batch (monotonic ns), compute input/infer/output ns):
-what a worker hands back."""
+_Part = dict[str, np.ndarray] | Exception
+"""One request's outcome in a batch: its outputs, or (after a failed batch was split) its own error."""
+_Done = tuple[list[_Part], int, int, int, int, int]
+"""(per-request outcomes, when the worker began the batch (monotonic ns), compute input/infer/output ns,
+how many requests failed): what a worker hands back for a batch that ran."""
+
+
+class _RunFailed(Exception):
+    """The model's run of a batch raised `error` (not the concatenation or the split around it)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class DynamicBatcher:
@@ -561,8 +573,17 @@ class DynamicBatcher:
         """One instance's worker thread: run its batches in turn, complete each on the loop."""
         while (job := jobs.get()) is not None:
             _, live, started = job
+            began = monotonic_ns()
+            done: _Done | BaseException
             try:
-                done: _Done | BaseException = self._compute(instance, [item.inputs for item in live], live)
+                done = self._compute(instance, live, began)
+            except _RunFailed as failed:  # the model's run itself failed: maybe on one request's data
+                done = failed.error
+                if len(live) > 1:
+                    try:
+                        done = self._isolate(instance, live, began, failed.error)
+                    except BaseException as again:  # noqa: BLE001 - a fault of the rerun itself: fail the batch
+                        log.error("model %s: rerunning a failed batch in parts failed", self.name, exc_info=again)
             except BaseException as exc:  # noqa: BLE001 - handed to the batch's waiters
                 done = exc
             try:
@@ -586,22 +607,51 @@ class DynamicBatcher:
                         item.future.set_exception(type(error)(str(error)))
                 self._report(BatchReport(self.name, total, started, finished, error=error, contexts=contexts))
                 return
-            parts, began, input_ns, infer_ns, output_ns = done
-            if self._hold is not None:
-                self._hold.observe(finished - started - input_ns - infer_ns - output_ns)
+            parts, began, input_ns, infer_ns, output_ns, failed = done
             controller = self._controller
-            if controller is not None:
-                controller.observe(total, finished - started)
-                setpoint = controller.setpoint_ns
-                over = sum(1 for item in live if finished - item.enqueued_ns > setpoint)
-                controller.observe_latencies(over, len(live), finished)
+            if not failed:  # a batch rerun in parts after a failure times nothing the models should learn
+                if self._hold is not None:
+                    self._hold.observe(finished - started - input_ns - infer_ns - output_ns)
+                if controller is not None:
+                    controller.observe(total, finished - started)
+                    setpoint = controller.setpoint_ns
+                    over = sum(1 for item in live if finished - item.enqueued_ns > setpoint)
+                    controller.observe_latencies(over, len(live), finished)
+            first: OrtserveError | None = None
             for item, outputs in zip(live, parts, strict=True):
-                if not item.future.done():
+                if isinstance(outputs, Exception):
+                    failure = self._batch_error(outputs, log_it=False)
+                    first = first or failure
+                    if not item.future.done():
+                        item.future.set_exception(failure)
+                elif not item.future.done():
                     item.future.set_result(
                         BatchResult(outputs, item.enqueued_ns, began, input_ns, infer_ns, output_ns, total)
                     )
+            if failed:
+                unexpected = next(
+                    (p for p in parts if isinstance(p, Exception) and not isinstance(p, OrtserveError)), None
+                )
+                log.error(
+                    "model %s: a batch of %d requests failed; rerun in parts, %d of them failed on their own "
+                    "and the others were answered",
+                    self.name,
+                    len(live),
+                    failed,
+                    exc_info=unexpected,
+                )
             self._report(
-                BatchReport(self.name, total, began, finished, input_ns, infer_ns, output_ns, contexts)
+                BatchReport(
+                    self.name,
+                    total,
+                    began,
+                    finished,
+                    input_ns,
+                    infer_ns,
+                    output_ns,
+                    contexts,
+                    error=first if failed == len(live) else None,
+                )
             )
         finally:
             self._free.append(instance)
@@ -616,26 +666,74 @@ class DynamicBatcher:
         except Exception:  # an observer must never strand the batch's waiters
             log.exception("model %s: batch observer failed", self.name)
 
-    def _compute(self, instance: int, inputs: list[Mapping[str, np.ndarray]], live: list[Pending]) -> _Done:
-        began = monotonic_ns()
-        rows = [item.rows for item in live]
+    def _compute(self, instance: int, live: list[Pending], began: int) -> _Done:
         planner = self._planners[instance]
-        padded = planner.rows_for(sum(rows))
+        parts, input_ns, infer_ns, output_ns = self._run(instance, live, planner.rows_for(sum(i.rows for i in live)))
+        return cast(list[_Part], parts), began, input_ns, infer_ns, output_ns, 0
+
+    def _run(
+        self, instance: int, live: Sequence[Pending], padded: int, observe: bool = True
+    ) -> tuple[list[dict[str, np.ndarray]], int, int, int]:
+        """Run `live` as one batch of `padded` rows on the instance: (per-request outputs, input/infer/output ns)."""
+        rows = [item.rows for item in live]
         t0 = perf_counter_ns()
         buffers = self._buffers[instance]
-        feeds = buffers.concat(inputs, padded)
+        feeds = buffers.concat([item.inputs for item in live], padded)
         t1 = perf_counter_ns()
-        outputs = buffers.detach(self._runners[instance](feeds))
+        try:
+            outputs = self._runners[instance](feeds)
+        except Exception as exc:
+            raise _RunFailed(exc) from exc
+        outputs = buffers.detach(outputs)
         t2 = perf_counter_ns()
-        planner.observe(padded, t2 - t1)
+        if observe:
+            self._planners[instance].observe(padded, t2 - t1)
         parts = split_outputs(outputs, rows, padded)
         t3 = perf_counter_ns()
-        return parts, began, t1 - t0, t2 - t1, t3 - t2
+        return parts, t1 - t0, t2 - t1, t3 - t2
 
-    def _batch_error(self, exc: BaseException) -> OrtserveError:
+    def _isolate(self, instance: int, live: list[Pending], began: int, error: Exception) -> _Done:
+        """A batch of several requests failed with `error`: run it again in halves, and the failing
+        halves in halves again, so that only the requests that fail on their own fail.
+
+        One request whose data the model cannot take (an index out of a table's range, a value a
+        custom op rejects) would otherwise fail every request batched with it, which each would
+        have been answered alone. At most 2n - 2 more runs for a batch of n requests, each at the
+        instance's current batch shape when it holds the part (a change of shape is what costs on
+        CUDA: shapes.py); on the worker thread, which the failure occupies anyway.
+        """
+        planner = self._planners[instance]
+        parts: list[_Part] = [error] * len(live)
+        times = [0, 0, 0]
+
+        def settle(lo: int, hi: int) -> None:  # live[lo:hi] failed together
+            mid = (lo + hi) // 2
+            for a, b in ((lo, mid), (mid, hi)):
+                group = live[a:b]
+                try:
+                    got, input_ns, infer_ns, output_ns = self._run(
+                        instance, group, planner.rows_for_part(sum(item.rows for item in group)), observe=False
+                    )
+                except _RunFailed as failed:  # that part's own error, or split it further
+                    if b - a == 1:
+                        parts[a] = failed.error
+                    else:
+                        settle(a, b)
+                    continue
+                parts[a:b] = got
+                times[0] += input_ns
+                times[1] += infer_ns
+                times[2] += output_ns
+
+        settle(0, len(live))
+        failed = sum(1 for part in parts if isinstance(part, Exception))
+        return parts, began, times[0], times[1], times[2], failed
+
+    def _batch_error(self, exc: BaseException, log_it: bool = True) -> OrtserveError:
         if isinstance(exc, OrtserveError):
             return exc
-        log.error("model %s: batch execution failed", self.name, exc_info=exc)
+        if log_it:
+            log.error("model %s: batch execution failed", self.name, exc_info=exc)
         return InternalError(f"model {self.name}: batch execution failed: {exc}")
 
     def _on_loop_done(self, task: asyncio.Task[None]) -> None:

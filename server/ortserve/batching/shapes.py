@@ -96,6 +96,13 @@ class ShapePlanner:
             self._waste_ns, self._needed = 0.0, 0
         return self.current
 
+    def rows_for_part(self, rows: int) -> int:
+        """The row count a part of a failed batch, rerun on its own, runs at: the current shape when it
+        holds `rows` (no change of shape, which is what costs), else the smallest that does. Read-only."""
+        if not self.shapes:
+            return rows
+        return self.current if rows <= self.current else self.fit(rows)
+
     def observe(self, rows: int, ns: int) -> None:
         """A run of `rows` rows (padded: the shape it ran at) took `ns`."""
         previous, self._last_run = self._last_run, rows
