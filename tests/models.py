@@ -102,7 +102,7 @@ def rows_seen(dims: Dims = ("batch", 3)) -> onnx.ModelProto:
 
 def lookup(table: Sequence[float] = (10.0, 11.0, 12.0, 13.0)) -> onnx.ModelProto:
     """INT64 idx [batch, 1] -> y = table[idx] (FP32): an index outside the table fails the run itself
-    (ONNX Runtime's Gather checks its indices), whatever requests share the batch."""
+    (ONNX Runtime's Gather checks its indices: INVALID_ARGUMENT), whatever requests share the batch."""
     values = helper.make_tensor("table", TensorProto.FLOAT, [len(table)], list(table))
     graph = helper.make_graph(
         [helper.make_node("Gather", ["table", "idx"], ["y"], axis=0)],
@@ -110,6 +110,29 @@ def lookup(table: Sequence[float] = (10.0, 11.0, 12.0, 13.0)) -> onnx.ModelProto
         [_vi("idx", "INT64", ("batch", 1))],
         [_vi("y", "FP32", ("batch", 1))],
         initializer=[values],
+    )
+    return _model(graph)
+
+
+def allocating() -> onnx.ModelProto:
+    """INT64 n [batch, 1] -> y = n as FP32, after allocating max(n) elements (Range): a value too large
+    fails the run with ONNX Runtime's FAIL (its allocator refuses), as a model out of memory does."""
+    nodes = [
+        helper.make_node("ReduceMax", ["n"], ["most"], keepdims=0),
+        helper.make_node("Range", ["zero", "most", "one"], ["span"]),
+        helper.make_node("Cast", ["span"], ["span_f"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceSum", ["span_f"], ["total"], keepdims=0),
+        helper.make_node("Mul", ["total", "zero_f"], ["nothing"]),
+        helper.make_node("Cast", ["n"], ["n_f"], to=TensorProto.FLOAT),
+        helper.make_node("Add", ["n_f", "nothing"], ["y"]),
+    ]
+    constants = [
+        helper.make_tensor("zero", TensorProto.INT64, [], [0]),
+        helper.make_tensor("one", TensorProto.INT64, [], [1]),
+        helper.make_tensor("zero_f", TensorProto.FLOAT, [], [0.0]),
+    ]
+    graph = helper.make_graph(
+        nodes, "allocating", [_vi("n", "INT64", ("batch", 1))], [_vi("y", "FP32", ("batch", 1))], initializer=constants
     )
     return _model(graph)
 

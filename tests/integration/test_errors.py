@@ -419,7 +419,8 @@ def test_a_bad_request_fails_only_itself_when_batched_with_good_ones(srv: Runnin
 
 def test_a_request_the_model_fails_on_fails_alone_and_its_batch_mates_are_answered(srv: RunningServer) -> None:
     """ONNX Runtime's Gather rejects an index out of the table: the run of the whole batch fails, and
-    the batch is run again in parts so that only the request with that index fails."""
+    the batch is run again in parts so that only the request with that index fails, with
+    INVALID_ARGUMENT and ONNX Runtime's account of what was wrong."""
 
     def request(index: int, request_id: str) -> pb.ModelInferRequest:
         return infer_request("lookup_batched", {"idx": np.array([[index]], np.int64)}, request_id=request_id)
@@ -430,8 +431,9 @@ def test_a_request_the_model_fails_on_fails_alone_and_its_batch_mates_are_answer
     for i, future in zip((0, 3, 1), futures, strict=True):
         assert outputs_of(future.result())["y"].tolist() == [[10.0 + i]]
     error = rpc_error(bad_future.result)
-    assert error.code() is StatusCode.INTERNAL
-    assert "onnxruntime run failed" in error.details() and "99" in error.details()
+    assert error.code() is StatusCode.INVALID_ARGUMENT  # ONNX Runtime's own verdict on the value
+    assert "cannot take the request's input values" in error.details()
+    assert "Gather" in error.details() and "idx=99" in error.details()
     after = model_stats(srv.stub, "lookup_batched")
     assert after.inference_stats.success.count == before.inference_stats.success.count + 3
     assert after.inference_stats.fail.count == before.inference_stats.fail.count + 1

@@ -757,6 +757,29 @@ def test_a_failed_batch_is_logged_once_not_once_per_request(caplog: pytest.LogCa
     assert failures[0].exc_info is not None
 
 
+def test_values_a_model_rejects_are_no_error_of_the_server_in_the_log(caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        def picky(feeds: Feeds) -> dict[str, Array]:
+            if (feeds["x"] == 666.0).any():
+                raise InvalidInputError("instance 'm_1_0': the model cannot take the request's input values: 666")
+            return double(feeds)
+
+        runner = Runner(picky, hold=True)
+        b, blocker, _ = await held_batcher(runner, max_batch_size=8)
+        tasks = [submit(b, x(1, 666.0)), submit(b, x(1, 1.0))]
+        await until(lambda: b.queued_requests == 2)
+        runner.release.set()
+        await blocker
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        await b.close()
+        assert [type(o) for o in outcomes] == [InvalidInputError, BatchResult]
+
+    with caplog.at_level("INFO", logger="ortserve.batching"):
+        run(main)
+    reruns = [r for r in caplog.records if "rerun in parts" in r.getMessage()]
+    assert [r.levelname for r in reruns] == ["INFO"]
+
+
 def test_a_batch_every_request_of_which_fails_alone_fails_each_with_its_own_error() -> None:
     async def main() -> None:
         def broken(feeds: Feeds) -> dict[str, Array]:

@@ -26,7 +26,7 @@ from ortserve.batching.controller import ADMIT_FRACTION, RETRY_TARGETS, LatencyC
 from ortserve.batching.hold import BatchHold
 from ortserve.config import ServerSettings
 from ortserve.dataplane import DataPlane, InferRequest
-from ortserve.errors import InvalidInputError
+from ortserve.errors import InternalError, InvalidInputError
 from ortserve.observability import GpuCollector, Histogram, ModelStats, OrtserveCollector, StatsCollector
 from ortserve.observability.exposition import exposition, metrics_app, plain
 from ortserve.observability.histograms import LATENCY_BUCKETS_S, batch_size_histogram, latency_histogram
@@ -237,6 +237,7 @@ def test_every_family_after_successes_of_known_batch_sizes_and_every_failure_rea
     repo: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     models.save(models.lookup(), repo, "lookup")
+    models.save(models.allocating(), repo, "allocating")
 
     async def traffic(registry: ModelRegistry, dp: DataPlane) -> CollectorRegistry:
         metrics = collectors(registry)
@@ -259,8 +260,10 @@ def test_every_family_after_successes_of_known_batch_sizes_and_every_failure_rea
             await dp.infer(request({"idx": np.zeros((1, 1), dtype=np.float32)}))
         with pytest.raises(Exception, match="deadline"):  # REJECTED: the deadline has passed
             await dp.infer(request(idx(0), deadline_ns=1))
-        with pytest.raises(Exception, match="batch execution failed|out of|indices"):  # BACKEND: the run fails
+        with pytest.raises(InvalidInputError, match="out of data bounds"):  # REJECTED: a value the model rejects
             await dp.infer(request(idx(99)))
+        with pytest.raises(InternalError, match="onnxruntime run failed"):  # BACKEND: the model's run fails
+            await dp.infer(InferRequest("allocating", "", "r", {"n": np.array([[2**50]], np.int64)}))
         model = registry.get("lookup")
 
         async def broken(*args: Any, **kwargs: Any) -> Any:
@@ -275,10 +278,14 @@ def test_every_family_after_successes_of_known_batch_sizes_and_every_failure_rea
     labels = {"model": "lookup", "version": "1"}
     # ortserve_*
     assert value(metrics, "ortserve_requests_total", **labels) == 4 + 5
-    failures = {
-        s.labels["reason"]: s.value for s in families_of(metrics)["ortserve_request_failures"].samples
-    }
-    assert failures == {"REJECTED": 2, "BACKEND": 1, "CANCELED": 1, "OTHER": 1}
+    def failures_of(model: str) -> dict[str, float]:
+        samples = families_of(metrics)["ortserve_request_failures"].samples
+        return {s.labels["reason"]: s.value for s in samples if s.labels["model"] == model}
+
+    failures = failures_of("lookup")
+    assert failures == {"REJECTED": 3, "CANCELED": 1, "OTHER": 1}
+    assert failures_of("allocating") == {"BACKEND": 1}
+    assert value(metrics, "nv_inference_request_failure", reason="BACKEND", model="allocating", version="1") == 1
     assert value(metrics, "ortserve_inference_rows_total", **labels) == 7
     for family in ("ortserve_request_duration_seconds", "ortserve_queue_duration_seconds"):
         assert value(metrics, f"{family}_count", **labels) == 4  # successes only

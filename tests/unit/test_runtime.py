@@ -399,6 +399,20 @@ def test_a_failing_run_is_an_internal_error(add_sub: Path, feeds: dict[str, Any]
     assert info.value.__cause__ is not None
 
 
+def test_a_value_a_node_rejects_as_it_runs_is_invalid_input(tmp_path: Path) -> None:
+    """ONNX Runtime's INVALID_ARGUMENT from a node (Gather: index out of the table) is the request's
+    values: INVALID_ARGUMENT for the caller, with ORT's account; its FAIL (out of memory) stays INTERNAL."""
+    lookup = load(models.save(models.lookup(), tmp_path, "lookup"), name="lookup_1")
+    assert lookup.instances[0].run({"idx": np.array([[3]], np.int64)})["y"].tolist() == [[13.0]]
+    with pytest.raises(InvalidInputError, match=r"instance 'lookup_1_0': the model cannot take .+idx=99") as info:
+        lookup.instances[0].run({"idx": np.array([[99]], np.int64)})
+    assert info.value.__cause__ is not None
+    allocating = load(models.save(models.allocating(), tmp_path, "allocating"), name="allocating_1")
+    assert allocating.instances[0].run({"n": np.array([[5]], np.int64)})["y"].tolist() == [[5.0]]
+    with pytest.raises(InternalError, match="instance 'allocating_1_0': onnxruntime run failed: .*Range"):
+        allocating.instances[0].run({"n": np.array([[2**50]], np.int64)})
+
+
 # --- on a GPU -----------------------------------------------------------------------------
 
 

@@ -629,10 +629,12 @@ class DynamicBatcher:
                         BatchResult(outputs, item.enqueued_ns, began, input_ns, infer_ns, output_ns, total)
                     )
             if failed:
-                unexpected = next(
-                    (p for p in parts if isinstance(p, Exception) and not isinstance(p, OrtserveError)), None
-                )
-                log.error(
+                failures = [p for p in parts if isinstance(p, Exception)]
+                unexpected = next((p for p in failures if not isinstance(p, OrtserveError)), None)
+                # Values the model rejected are the callers' to fix (INVALID_ARGUMENT): no error of the server.
+                rejected = all(isinstance(p, InvalidInputError) for p in failures)
+                log.log(
+                    logging.INFO if rejected else logging.ERROR,
                     "model %s: a batch of %d requests failed; rerun in parts, %d of them failed on their own "
                     "and the others were answered",
                     self.name,

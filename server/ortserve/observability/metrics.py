@@ -201,8 +201,9 @@ class OrtserveCollector(Collector):
         )
         failures = CounterMetricFamily(
             "ortserve_request_failures",
-            "Failed inference requests by reason (REJECTED: refused before running, e.g. invalid input, "
-            "queue full, deadline passed; CANCELED: by the client; BACKEND: the model run failed; OTHER).",
+            "Failed inference requests by reason (REJECTED: invalid input, including values the model "
+            "rejects as it runs, queue full, deadline passed; CANCELED: by the client; BACKEND: the model "
+            "run failed; OTHER).",
             labels=(*LABELS, "reason"),
         )
         rows_total = CounterMetricFamily(

@@ -35,6 +35,15 @@ Array = npt.NDArray[Any]
 _MODEL_FAULTS = frozenset({"NoSuchFile", "InvalidProtobuf", "InvalidGraph"})
 
 
+def _rejects_values(err: Exception) -> bool:
+    """Whether a failed run is ONNX Runtime's INVALID_ARGUMENT from a node as it ran (a Gather index out
+    of its table, an Expand to an impossible shape): the request's values, so INVALID_ARGUMENT for the
+    caller. ORT's checks of the feeds before a run (types, names) are INVALID_ARGUMENT too, but the
+    server's validation makes them first, so one failing here is the server's fault: INTERNAL, as every
+    other failure (ORT's FAIL, ...)."""
+    return type(err).__name__ == "InvalidArgument" and "while running" in str(err)
+
+
 @dataclass(frozen=True, slots=True)
 class TensorInfo:
     """One input or output of a model, as its ONNX graph declares it."""
@@ -124,6 +133,11 @@ class OrtInstance:
             # The precomputed names, not None: with None, ORT rebuilds this list on every call.
             values = session.run(sig.output_names, feeds)
         except Exception as err:  # ORT's exception classes share no base but Exception
+            if _rejects_values(err):
+                raise InvalidInputError(
+                    f"instance '{self.name}': the model cannot take the request's input values: {err} "
+                    "(check them against the range the model accepts)"
+                ) from err
             raise InternalError(f"instance '{self.name}': onnxruntime run failed: {err}") from err
         outputs: dict[str, Array] = dict(zip(sig.output_names, values, strict=True))
         for name in sig.string_outputs:
