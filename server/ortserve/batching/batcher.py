@@ -26,7 +26,7 @@ The policy, in steps:
    policy has `batch_shapes`), run, split into per-request views (padding rows dropped); each
    still-pending future gets its slice and the timings; the observer gets a BatchReport. When
    the model's run of several requests fails, they run again in halves, recursively
-   (`_isolate`), so that only a request that fails on its own fails. In latency-target mode, a
+   (execution.py), so that only a request that fails on its own fails. In latency-target mode, a
    request that its batch would answer after the target (the batches before it ran longer than
    admission estimated) fails as the batch starts, with a retry hint, instead of being computed
    late.
@@ -47,17 +47,17 @@ import threading
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from time import monotonic_ns, perf_counter_ns
+from time import monotonic_ns
 from typing import cast
 
 import numpy as np
 
 from ortserve.batching.controller import LatencyController
+from ortserve.batching.execution import Done, InstanceExecution, Runner
 from ortserve.batching.hold import HOLD_FACTOR, HOLD_TARGET_SHARE, BatchHold
 from ortserve.batching.policy import BatchPolicy
 from ortserve.batching.queue import Pending, RequestQueue
 from ortserve.batching.shapes import ShapePlanner
-from ortserve.batching.tensors import BatchBuffers, split_outputs
 from ortserve.errors import (
     DeadlineExceededError,
     InternalError,
@@ -68,10 +68,6 @@ from ortserve.errors import (
 )
 
 log = logging.getLogger("ortserve.batching")
-
-Runner = Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
-"""Runs one batch on one model instance, blocking; called on that instance's thread."""
-
 
 @dataclass(slots=True)
 class BatchResult:
@@ -121,21 +117,6 @@ deadline failure)."""
 
 _Job = tuple[int, list[Pending], int]
 """(instance, the batch's live requests, dispatch time): one unit of work for a worker thread."""
-_Part = dict[str, np.ndarray] | Exception
-"""One request's outcome in a batch: its outputs, or (after a failed batch was split) its own error."""
-_Done = tuple[list[_Part], int, int, int, int, int]
-"""(per-request outcomes, when the worker began the batch (monotonic ns), compute input/infer/output ns,
-how many requests failed): what a worker hands back for a batch that ran."""
-
-
-class _RunFailed(Exception):
-    """The model's run of a batch raised `error` (not the concatenation or the split around it)."""
-
-    def __init__(self, error: Exception) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
 class DynamicBatcher:
     """Gathers concurrent requests of one model version into batches and runs them."""
 
@@ -151,12 +132,8 @@ class DynamicBatcher:
             raise ValueError("a batcher needs at least one runner")
         self.name = name
         self.policy = policy or BatchPolicy()
-        self._runners = list(runners)
-        self._buffers = [BatchBuffers() for _ in self._runners]
-        """Per instance: reusable memory for large batches, touched by that instance's worker only."""
-        self._planners = [ShapePlanner(self.policy.batch_shapes) for _ in self._runners]
-        """Per instance: the batch shape its batches run at (the batcher task while the instance is
-        idle, its worker while a batch runs, the warm-up before either)."""
+        self._instances = [InstanceExecution(name, runner, self.policy.batch_shapes) for runner in runners]
+        """Per instance: its runner, kept input memory and batch shape planner (execution.py)."""
         self._delay_ns = self.policy.max_queue_delay_us * 1000
         self._batching = self.policy.batching
         self._priority_levels = self.policy.priority_levels
@@ -212,7 +189,7 @@ class DynamicBatcher:
 
     @property
     def instances(self) -> int:
-        return len(self._runners)
+        return len(self._instances)
 
     @property
     def controller(self) -> LatencyController | None:
@@ -227,7 +204,7 @@ class DynamicBatcher:
     def observe_run(self, instance: int, rows: int, ns: int) -> None:
         """Tell instance `instance`'s shape planner that a run of `rows` rows took `ns` (warm-up,
         before the batcher starts: it seeds the shapes' run times and the cost of a change)."""
-        self._planners[instance].observe(rows, ns)
+        self._instances[instance].planner.observe(rows, ns)
 
     @property
     def hold(self) -> BatchHold | None:
@@ -236,12 +213,12 @@ class DynamicBatcher:
 
     def planner(self, instance: int) -> ShapePlanner:
         """Instance `instance`'s shape planner (read-only use outside its worker)."""
-        return self._planners[instance]
+        return self._instances[instance].planner
 
     def start(self) -> None:
         """Start the worker threads and the batcher task on the running event loop."""
         self._loop = asyncio.get_running_loop()
-        for index in range(len(self._runners)):
+        for index in range(len(self._instances)):
             jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
             thread = threading.Thread(
                 target=self._work, args=(self._loop, index, jobs), name=f"{self.name}-{index}", daemon=True
@@ -249,7 +226,7 @@ class DynamicBatcher:
             thread.start()
             self._jobs.append(jobs)
             self._threads.append(thread)
-        self._free = list(reversed(range(len(self._runners))))
+        self._free = list(reversed(range(len(self._instances))))
         self._task = self._loop.create_task(self._dispatch(), name=f"batcher-{self.name}")
         self._task.add_done_callback(self._on_loop_done)
         self._accepting = True
@@ -505,7 +482,7 @@ class DynamicBatcher:
             return batch
         cap = self._controller.batch_cap() if self._controller is not None else self.policy.max_batch_size
         # The instance is idle, so its worker does not touch the planner now.
-        cap = self._planners[instance].cap(first.rows + self._queue.rows, cap)
+        cap = self._instances[instance].planner.cap(first.rows + self._queue.rows, cap)
         rows = self._queue.take_compatible(batch, first.rows, cap) if self._queue.requests else first.rows
         target = min(max(self.policy.preferred_batch_sizes, default=cap), cap)
         if self._hold is not None and rows < target and (period := self._hold.period_ns()):
@@ -571,27 +548,15 @@ class DynamicBatcher:
 
     def _work(self, loop: asyncio.AbstractEventLoop, instance: int, jobs: queue.SimpleQueue[_Job | None]) -> None:
         """One instance's worker thread: run its batches in turn, complete each on the loop."""
+        execution = self._instances[instance]
         while (job := jobs.get()) is not None:
-            _, live, started = job
-            began = monotonic_ns()
-            done: _Done | BaseException
-            try:
-                done = self._compute(instance, live, began)
-            except _RunFailed as failed:  # the model's run itself failed: maybe on one request's data
-                done = failed.error
-                if len(live) > 1:
-                    try:
-                        done = self._isolate(instance, live, began, failed.error)
-                    except BaseException as again:  # noqa: BLE001 - a fault of the rerun itself: fail the batch
-                        log.error("model %s: rerunning a failed batch in parts failed", self.name, exc_info=again)
-            except BaseException as exc:  # noqa: BLE001 - handed to the batch's waiters
-                done = exc
+            done = execution.execute(job[1], monotonic_ns())
             try:
                 loop.call_soon_threadsafe(self._complete, job, done)
             except RuntimeError:  # the loop closed during shutdown: nobody is waiting any more
                 return
 
-    def _complete(self, job: _Job, done: _Done | BaseException) -> None:
+    def _complete(self, job: _Job, done: Done | BaseException) -> None:
         """On the loop: hand each request its slice (or the error), report, free the instance."""
         instance, live, started = job
         finished = monotonic_ns()
@@ -667,69 +632,6 @@ class DynamicBatcher:
             self._on_batch(report)
         except Exception:  # an observer must never strand the batch's waiters
             log.exception("model %s: batch observer failed", self.name)
-
-    def _compute(self, instance: int, live: list[Pending], began: int) -> _Done:
-        planner = self._planners[instance]
-        parts, input_ns, infer_ns, output_ns = self._run(instance, live, planner.rows_for(sum(i.rows for i in live)))
-        return cast(list[_Part], parts), began, input_ns, infer_ns, output_ns, 0
-
-    def _run(
-        self, instance: int, live: Sequence[Pending], padded: int, observe: bool = True
-    ) -> tuple[list[dict[str, np.ndarray]], int, int, int]:
-        """Run `live` as one batch of `padded` rows on the instance: (per-request outputs, input/infer/output ns)."""
-        rows = [item.rows for item in live]
-        t0 = perf_counter_ns()
-        buffers = self._buffers[instance]
-        feeds = buffers.concat([item.inputs for item in live], padded)
-        t1 = perf_counter_ns()
-        try:
-            outputs = self._runners[instance](feeds)
-        except Exception as exc:
-            raise _RunFailed(exc) from exc
-        outputs = buffers.detach(outputs)
-        t2 = perf_counter_ns()
-        if observe:
-            self._planners[instance].observe(padded, t2 - t1)
-        parts = split_outputs(outputs, rows, padded)
-        t3 = perf_counter_ns()
-        return parts, t1 - t0, t2 - t1, t3 - t2
-
-    def _isolate(self, instance: int, live: list[Pending], began: int, error: Exception) -> _Done:
-        """A batch of several requests failed with `error`: run it again in halves, and the failing
-        halves in halves again, so that only the requests that fail on their own fail.
-
-        One request whose data the model cannot take (an index out of a table's range, a value a
-        custom op rejects) would otherwise fail every request batched with it, which each would
-        have been answered alone. At most 2n - 2 more runs for a batch of n requests, each at the
-        instance's current batch shape when it holds the part (a change of shape is what costs on
-        CUDA: shapes.py); on the worker thread, which the failure occupies anyway.
-        """
-        planner = self._planners[instance]
-        parts: list[_Part] = [error] * len(live)
-        times = [0, 0, 0]
-
-        def settle(lo: int, hi: int) -> None:  # live[lo:hi] failed together
-            mid = (lo + hi) // 2
-            for a, b in ((lo, mid), (mid, hi)):
-                group = live[a:b]
-                try:
-                    got, input_ns, infer_ns, output_ns = self._run(
-                        instance, group, planner.rows_for_part(sum(item.rows for item in group)), observe=False
-                    )
-                except _RunFailed as failed:  # that part's own error, or split it further
-                    if b - a == 1:
-                        parts[a] = failed.error
-                    else:
-                        settle(a, b)
-                    continue
-                parts[a:b] = got
-                times[0] += input_ns
-                times[1] += infer_ns
-                times[2] += output_ns
-
-        settle(0, len(live))
-        failed = sum(1 for part in parts if isinstance(part, Exception))
-        return parts, began, times[0], times[1], times[2], failed
 
     def _batch_error(self, exc: BaseException, log_it: bool = True) -> OrtserveError:
         if isinstance(exc, OrtserveError):

@@ -1,0 +1,140 @@
+"""One model instance's side of a batch: concatenate, run, split; a failed batch rerun in parts.
+
+The batcher (batcher.py) forms batches and hands each to an instance's worker thread, which calls
+`InstanceExecution.execute` and completes the batch's requests on the event loop with what it
+returns. Per instance it keeps the blocking runner, the memory large batches are concatenated into
+(tensors.BatchBuffers) and the batch shape planner (shapes.py).
+
+When the model's run of a batch of several requests fails (the run itself, not the concatenation or
+the split around it), the batch is run again in halves, and each failing half in halves again, so
+that only the requests that fail on their own fail: one request whose values the model cannot take
+(an index out of a table's range, a value a custom op rejects) would otherwise fail every request
+batched with it, each of which would have been answered alone. That costs at most 2n - 2 more runs
+for a batch of n, each at the instance's current batch shape when it holds the part (a change of
+shape is what costs on CUDA).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from time import perf_counter_ns
+from typing import cast
+
+import numpy as np
+
+from ortserve.batching.queue import Pending
+from ortserve.batching.shapes import ShapePlanner
+from ortserve.batching.tensors import BatchBuffers, split_outputs
+
+log = logging.getLogger("ortserve.batching")
+
+Runner = Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
+"""Runs one batch on one model instance, blocking; called on that instance's thread."""
+
+Part = dict[str, np.ndarray] | Exception
+"""One request's outcome in a batch: its outputs, or (after a failed batch was rerun in parts) its own error."""
+
+Done = tuple[list[Part], int, int, int, int, int]
+"""(per-request outcomes, when the worker began the batch (monotonic ns), compute input/infer/output ns,
+how many requests failed): what an instance hands back for a batch that ran."""
+
+
+class RunFailed(Exception):
+    """The model's run of a batch raised `error` (not the concatenation or the split around it)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class InstanceExecution:
+    """One instance's runner, kept input memory and batch shape planner.
+
+    Not thread-safe: used by the instance's worker thread while a batch runs, by the warm-up before
+    the batcher starts, and (the planner's `cap`) by the batcher task while the instance is idle.
+    """
+
+    __slots__ = ("name", "runner", "buffers", "planner")
+
+    def __init__(self, name: str, runner: Runner, shapes: tuple[int, ...]) -> None:
+        self.name = name
+        """The model version's name, for the log."""
+        self.runner = runner
+        self.buffers = BatchBuffers()
+        self.planner = ShapePlanner(shapes)
+
+    def execute(self, live: Sequence[Pending], began: int) -> Done | BaseException:
+        """Run `live` as one batch (rerun in parts if the model's run fails): the outcome, or the
+        exception that failed the whole batch."""
+        try:
+            parts, input_ns, infer_ns, output_ns = self.run(live, self.planner.rows_for(sum(i.rows for i in live)))
+        except RunFailed as failed:  # the model's run itself failed: maybe on one request's values
+            if len(live) == 1:
+                return failed.error
+            try:
+                return self.isolate(live, began)
+            except BaseException as again:  # noqa: BLE001 - a fault of the rerun itself: fail the batch
+                log.error("model %s: rerunning a failed batch in parts failed", self.name, exc_info=again)
+                return failed.error
+        except BaseException as exc:  # noqa: BLE001 - handed to the batch's waiters
+            return exc
+        return cast(list[Part], parts), began, input_ns, infer_ns, output_ns, 0
+
+    def run(
+        self, live: Sequence[Pending], padded: int, observe: bool = True
+    ) -> tuple[list[dict[str, np.ndarray]], int, int, int]:
+        """Run `live` as one batch of `padded` rows: (per-request outputs, input/infer/output ns).
+
+        RunFailed when the runner raises; `observe` tells the planner the run's time."""
+        rows = [item.rows for item in live]
+        buffers = self.buffers
+        t0 = perf_counter_ns()
+        feeds = buffers.concat([item.inputs for item in live], padded)
+        t1 = perf_counter_ns()
+        try:
+            outputs = self.runner(feeds)
+        except Exception as exc:
+            raise RunFailed(exc) from exc
+        outputs = buffers.detach(outputs)
+        t2 = perf_counter_ns()
+        if observe:
+            self.planner.observe(padded, t2 - t1)
+        parts = split_outputs(outputs, rows, padded)
+        t3 = perf_counter_ns()
+        return parts, t1 - t0, t2 - t1, t3 - t2
+
+    def isolate(self, live: Sequence[Pending], began: int) -> Done:
+        """The run of `live` (several requests) failed: run it again in halves, recursively, until
+        every request has outputs from a part that ran or its own error from running alone.
+
+        The parts teach the planner nothing (they are not the batches the batcher forms); the times
+        returned are the parts that ran."""
+        planner = self.planner
+        parts: list[Part | None] = [None] * len(live)
+        times = [0, 0, 0]
+
+        def settle(lo: int, hi: int) -> None:  # live[lo:hi] failed together
+            mid = (lo + hi) // 2
+            for a, b in ((lo, mid), (mid, hi)):
+                group = live[a:b]
+                try:
+                    got, input_ns, infer_ns, output_ns = self.run(
+                        group, planner.rows_for_part(sum(item.rows for item in group)), observe=False
+                    )
+                except RunFailed as failed:  # that part's own error, or split it further
+                    if b - a == 1:
+                        parts[a] = failed.error
+                    else:
+                        settle(a, b)
+                    continue
+                parts[a:b] = got
+                times[0] += input_ns
+                times[1] += infer_ns
+                times[2] += output_ns
+
+        settle(0, len(live))
+        outcomes = [part for part in parts if part is not None]
+        assert len(outcomes) == len(live), "every request of a rerun batch gets an outcome"
+        failed = sum(1 for part in outcomes if isinstance(part, Exception))
+        return outcomes, began, times[0], times[1], times[2], failed
