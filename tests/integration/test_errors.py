@@ -444,6 +444,23 @@ def test_a_request_the_model_fails_on_fails_alone_and_its_batch_mates_are_answer
 # -- deadlines --------------------------------------------------------------------------------
 
 
+def test_a_run_whose_caller_went_away_is_stopped_and_the_instance_takes_the_next(
+    srv: RunningServer, clock: SleeperClock
+) -> None:
+    """The gRPC deadline passes while the model computes the request: nobody waits for that answer,
+    so the run is stopped (ONNX Runtime's terminate flag) instead of computed to its end. The next
+    request runs, and the stopped run is no execution in the statistics."""
+    before = model_stats(srv.stub, "sleeper")
+    iterations = clock.iterations(5.0)  # seconds, computed to the end
+    error = rpc_error(lambda: srv.stub.ModelInfer(sleep_request(iterations), timeout=0.3))
+    assert error.code() is StatusCode.DEADLINE_EXCEEDED
+    assert outputs_of(srv.stub.ModelInfer(sleep_request(3), timeout=60))["y"].tolist() == [3]
+    after = model_stats(srv.stub, "sleeper")
+    assert after.execution_count == before.execution_count + 1, "the abandoned run was computed to its end"
+    assert after.inference_stats.success.count == before.inference_stats.success.count + 1
+    assert_still_serves(srv)
+
+
 @pytest.mark.parametrize("deadline_s", [0.3, 1.3])
 def test_client_deadline_passing_in_the_queue(srv: RunningServer, clock: SleeperClock, deadline_s: float) -> None:
     """The only instance is busy; a request whose gRPC deadline passes while queued never runs.

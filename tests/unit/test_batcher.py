@@ -25,6 +25,7 @@ from ortserve.errors import (
     InternalError,
     InvalidInputError,
     ModelNotReadyError,
+    RequestCancelledError,
 )
 
 
@@ -801,6 +802,115 @@ def test_a_batch_every_request_of_which_fails_alone_fails_each_with_its_own_erro
         assert [r.error is not None for r in reports] == [True, True]  # the blocker's batch and the three's
 
     run(main)
+
+
+class StoppableRunner:
+    """A runner whose run lasts until the test releases it or the batcher stops it (then it fails,
+    as ONNX Runtime's run does when its terminate flag is set)."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.stops = 0
+        self.resumes = 0
+        self.batches: list[list[float]] = []
+        self._stopped = threading.Event()
+
+    def __call__(self, feeds: Feeds) -> dict[str, Array]:
+        self.batches.append(feeds["x"][:, 0].tolist())
+        if self._stopped.is_set():
+            raise RuntimeError("stopped before it began")
+        self.entered.set()
+        while not self.release.wait(0.001):
+            if self._stopped.is_set():
+                raise RuntimeError("Exiting due to terminate flag being set to true.")
+        self.release.clear()
+        self.entered.clear()
+        return double(feeds)
+
+    def stop(self) -> None:
+        self.stops += 1
+        self._stopped.set()
+
+    def resume(self) -> None:
+        self.resumes += 1
+        self._stopped.clear()
+
+
+def test_a_run_all_of_whose_callers_went_away_is_stopped_and_the_instance_runs_the_next() -> None:
+    async def main() -> None:
+        runner = StoppableRunner()
+        reports: list[BatchReport] = []
+        b = DynamicBatcher("m_1", [runner], BatchPolicy(max_batch_size=8), on_batch=reports.append, stoppers=[runner])
+        b.start()
+        abandoned = submit(b, x(1, 1.0))
+        assert await asyncio.to_thread(runner.entered.wait, WAIT_S)
+        abandoned.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await abandoned
+        assert runner.stops == 1
+        await until(lambda: b.running_batches == 0)  # stopped: the instance is free long before a release
+        assert isinstance(reports[-1].error, RequestCancelledError)
+        value = x(2, 5.0)
+        after = submit(b, value)
+        assert await asyncio.to_thread(runner.entered.wait, WAIT_S)
+        runner.release.set()
+        np.testing.assert_array_equal((await after).outputs["y"], value * 2)
+        await b.close()
+        assert runner.resumes == 1 and runner.batches == [[1.0], [5.0, 7.0]]
+
+    run(main)
+
+
+def test_a_run_is_not_stopped_while_one_caller_of_its_batch_still_waits() -> None:
+    async def main() -> None:
+        runner = StoppableRunner()
+        b = DynamicBatcher("m_1", [runner], BatchPolicy(max_batch_size=8), stoppers=[runner])
+        b.start()
+        blocker = submit(b, x(1, -1.0))
+        assert await asyncio.to_thread(runner.entered.wait, WAIT_S)
+        first, second = submit(b, x(1, 1.0)), submit(b, x(1, 2.0))
+        await until(lambda: b.queued_requests == 2)
+        runner.release.set()
+        await blocker
+        await until(lambda: runner.entered.is_set())  # the two run as one batch
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        assert runner.stops == 0
+        runner.release.set()
+        np.testing.assert_array_equal((await second).outputs["y"], x(1, 2.0) * 2)
+        await b.close()
+        assert runner.batches == [[-1.0], [1.0, 2.0]]
+
+    run(main)
+
+
+def test_a_stopped_batch_is_not_rerun_in_parts() -> None:
+    async def main() -> None:
+        runner = StoppableRunner()
+        b = DynamicBatcher("m_1", [runner], BatchPolicy(max_batch_size=8), stoppers=[runner])
+        b.start()
+        blocker = submit(b, x(1, -1.0))
+        assert await asyncio.to_thread(runner.entered.wait, WAIT_S)
+        tasks = [submit(b, x(1, 1.0)), submit(b, x(1, 2.0))]
+        await until(lambda: b.queued_requests == 2)
+        runner.release.set()
+        await blocker
+        await until(lambda: runner.entered.is_set())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await until(lambda: b.running_batches == 0)
+        await b.close()
+        assert runner.stops == 1 and runner.batches == [[-1.0], [1.0, 2.0]]
+
+    run(main)
+
+
+def test_a_batcher_takes_one_stopper_per_runner_or_none() -> None:
+    with pytest.raises(ValueError, match="one stopper per runner"):
+        DynamicBatcher("m_1", [Runner(), Runner()], BatchPolicy(max_batch_size=8), stoppers=[StoppableRunner()])
 
 
 def test_ortserve_error_from_a_runner_keeps_its_class() -> None:

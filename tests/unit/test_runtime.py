@@ -5,6 +5,8 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import threading
+import time
 import types
 import weakref
 from pathlib import Path
@@ -28,6 +30,7 @@ from ortserve.runtime import (
 )
 from ortserve.runtime import threads as threads_module
 from tests import models
+from tests.wire import sleeper
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -411,6 +414,31 @@ def test_a_value_a_node_rejects_as_it_runs_is_invalid_input(tmp_path: Path) -> N
     assert allocating.instances[0].run({"n": np.array([[5]], np.int64)})["y"].tolist() == [[5.0]]
     with pytest.raises(InternalError, match="instance 'allocating_1_0': onnxruntime run failed: .*Range"):
         allocating.instances[0].run({"n": np.array([[2**50]], np.int64)})
+
+
+def test_stop_ends_the_run_in_progress_and_resume_lets_the_next_run(tmp_path: Path) -> None:
+    """OrtInstance.stop from another thread sets ONNX Runtime's terminate flag: the run ends early
+    with an error (between a Loop's iterations here) and so does any run until resume."""
+    model = load(models.save(sleeper(), tmp_path, "sleeper"), name="sleeper_1")
+    instance = model.instances[0]
+    started = threading.Event()
+    endless = {"x": np.array([100_000], np.int64)}  # many seconds of iterations, unless stopped
+
+    def stop_when_running() -> None:
+        started.wait(10)
+        time.sleep(0.05)
+        instance.stop()
+
+    stopper = threading.Thread(target=stop_when_running)
+    stopper.start()
+    started.set()
+    with pytest.raises(InternalError, match="terminate"):
+        instance.run(endless)
+    stopper.join()
+    with pytest.raises(InternalError, match="terminate"):  # stopped until resumed
+        instance.run({"x": np.array([1], np.int64)})
+    instance.resume()
+    assert instance.run({"x": np.array([2], np.int64)})["y"].tolist() == [2]
 
 
 # --- on a GPU -----------------------------------------------------------------------------

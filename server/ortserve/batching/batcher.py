@@ -53,7 +53,7 @@ from typing import cast
 import numpy as np
 
 from ortserve.batching.controller import LatencyController
-from ortserve.batching.execution import Done, InstanceExecution, Runner
+from ortserve.batching.execution import Done, InstanceExecution, Runner, Stoppable
 from ortserve.batching.hold import HOLD_FACTOR, HOLD_TARGET_SHARE, BatchHold
 from ortserve.batching.policy import BatchPolicy
 from ortserve.batching.queue import Pending, RequestQueue
@@ -65,6 +65,7 @@ from ortserve.errors import (
     LatencyTargetError,
     ModelNotReadyError,
     OrtserveError,
+    RequestCancelledError,
 )
 
 log = logging.getLogger("ortserve.batching")
@@ -127,12 +128,20 @@ class DynamicBatcher:
         policy: BatchPolicy | None = None,
         *,
         on_batch: BatchObserver | None = None,
+        stoppers: Sequence[Stoppable] | None = None,
     ) -> None:
+        """`stoppers[i]`, when given, can end instance i's run in progress (execution.Stoppable): a
+        batch whose callers all went away is then stopped instead of computed to the end."""
         if not runners:
             raise ValueError("a batcher needs at least one runner")
+        if stoppers is not None and len(stoppers) != len(runners):
+            raise ValueError("a batcher needs one stopper per runner, or none")
         self.name = name
         self.policy = policy or BatchPolicy()
-        self._instances = [InstanceExecution(name, runner, self.policy.batch_shapes) for runner in runners]
+        self._instances = [
+            InstanceExecution(name, runner, self.policy.batch_shapes, None if stoppers is None else stoppers[index])
+            for index, runner in enumerate(runners)
+        ]
         """Per instance: its runner, kept input memory and batch shape planner (execution.py)."""
         self._delay_ns = self.policy.max_queue_delay_us * 1000
         self._batching = self.policy.batching
@@ -162,6 +171,8 @@ class DynamicBatcher:
         self._threads: list[threading.Thread] = []
         self._running = 0  # batches executing
         self._running_requests = 0
+        self._batches: list[list[Pending] | None] = [None] * len(self._instances)
+        """Per instance, the batch it runs now (None when free)."""
         self._forming: list[Pending] = []  # gathered, out of the queue, not yet running
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -309,6 +320,8 @@ class DynamicBatcher:
                     future.cancel()  # gives its place in the order up
                 elif not future.cancelled():
                     future.exception()  # an answer nobody will read: retrieved, so asyncio does not log it
+            if self._running and not item.queued:
+                self._abandoned(item)
             raise
         finally:
             for timer in item.timers:
@@ -473,7 +486,21 @@ class DynamicBatcher:
         """Hand a batch to instance `instance`'s worker thread (the instance is no longer free)."""
         self._running += 1
         self._running_requests += len(live)
+        self._batches[instance] = live
+        execution = self._instances[instance]
+        if execution.stopped:  # its last batch was stopped: let this one run
+            execution.resume()
         self._jobs[instance].put((instance, live, now))
+
+    def _abandoned(self, item: Pending) -> None:
+        """`item`'s caller went away: if its batch is running and no caller of it is left, stop the run."""
+        for instance, batch in enumerate(self._batches):
+            if batch is not None and any(other is item for other in batch):
+                execution = self._instances[instance]
+                # Answers are set only once the run ends, so a done future here is a caller that went away.
+                if not execution.stopped and all(other.future.done() for other in batch):
+                    execution.stop()
+                return
 
     async def _next_batch(self, instance: int) -> list[Pending]:
         first = await self._pop_live()
@@ -564,9 +591,15 @@ class DynamicBatcher:
         contexts = [item.context for item in live]
         self._running -= 1
         self._running_requests -= len(live)
+        self._batches[instance] = None
         try:
             if isinstance(done, BaseException):
-                error = self._batch_error(done)
+                if self._instances[instance].stopped:  # every caller had gone: that, not the run, ended it
+                    error: OrtserveError = RequestCancelledError(
+                        f"model {self.name}: the batch was stopped: the callers of all its requests went away"
+                    )
+                else:
+                    error = self._batch_error(done)
                 for item in live:
                     if not item.future.done():
                         item.future.set_exception(type(error)(str(error)))

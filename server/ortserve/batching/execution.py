@@ -12,6 +12,10 @@ that only the requests that fail on their own fail: one request whose values the
 batched with it, each of which would have been answered alone. That costs at most 2n - 2 more runs
 for a batch of n, each at the instance's current batch shape when it holds the part (a change of
 shape is what costs on CUDA).
+
+A run every caller of which has gone away (cancelled, or past its gRPC deadline) is stopped when the
+instance can (`Stoppable`: ONNX Runtime's terminate flag, checked between nodes), so that the
+instance takes the next batch instead of computing answers nobody reads; its parts are not rerun.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from time import perf_counter_ns
-from typing import cast
+from typing import Protocol, cast
 
 import numpy as np
 
@@ -40,6 +44,16 @@ Done = tuple[list[Part], int, int, int, int, int]
 how many requests failed): what an instance hands back for a batch that ran."""
 
 
+class Stoppable(Protocol):
+    """A runner's way to end its run in progress early (runtime.OrtInstance has it)."""
+
+    def stop(self) -> None:
+        """End the run in progress soon (it fails); later runs fail too until `resume`. Any thread."""
+
+    def resume(self) -> None:
+        """Let runs go on again."""
+
+
 class RunFailed(Exception):
     """The model's run of a batch raised `error` (not the concatenation or the split around it)."""
 
@@ -55,14 +69,32 @@ class InstanceExecution:
     the batcher starts, and (the planner's `cap`) by the batcher task while the instance is idle.
     """
 
-    __slots__ = ("name", "runner", "buffers", "planner")
+    __slots__ = ("name", "runner", "buffers", "planner", "stopper", "stopped")
 
-    def __init__(self, name: str, runner: Runner, shapes: tuple[int, ...]) -> None:
+    def __init__(self, name: str, runner: Runner, shapes: tuple[int, ...], stopper: Stoppable | None = None) -> None:
         self.name = name
         """The model version's name, for the log."""
         self.runner = runner
         self.buffers = BatchBuffers()
         self.planner = ShapePlanner(shapes)
+        self.stopper = stopper
+        self.stopped = False
+        """Set (on the event loop) when every caller of the batch in progress went away."""
+
+    def stop(self) -> bool:
+        """Stop the batch in progress, nobody waiting for it any more (on the loop); False if the
+        runner cannot be stopped."""
+        if self.stopper is None:
+            return False
+        self.stopped = True
+        self.stopper.stop()
+        return True
+
+    def resume(self) -> None:
+        """Before the next batch, on the loop, after a `stop` (the batcher calls it only then)."""
+        self.stopped = False
+        if self.stopper is not None:
+            self.stopper.resume()
 
     def execute(self, live: Sequence[Pending], began: int) -> Done | BaseException:
         """Run `live` as one batch (rerun in parts if the model's run fails): the outcome, or the
@@ -73,7 +105,7 @@ class InstanceExecution:
             if len(live) == 1:
                 return failed.error
             try:
-                return self.isolate(live, began)
+                return self.isolate(live, began, failed.error)
             except BaseException as again:  # noqa: BLE001 - a fault of the rerun itself: fail the batch
                 log.error("model %s: rerunning a failed batch in parts failed", self.name, exc_info=again)
                 return failed.error
@@ -104,9 +136,10 @@ class InstanceExecution:
         t3 = perf_counter_ns()
         return parts, t1 - t0, t2 - t1, t3 - t2
 
-    def isolate(self, live: Sequence[Pending], began: int) -> Done:
-        """The run of `live` (several requests) failed: run it again in halves, recursively, until
-        every request has outputs from a part that ran or its own error from running alone.
+    def isolate(self, live: Sequence[Pending], began: int, error: Exception) -> Done:
+        """The run of `live` (several requests) failed with `error`: run it again in halves,
+        recursively, until every request has outputs from a part that ran or its own error from
+        running alone (or `error`, if the batch is stopped meanwhile).
 
         The parts teach the planner nothing (they are not the batches the batcher forms); the times
         returned are the parts that ran."""
@@ -117,6 +150,8 @@ class InstanceExecution:
         def settle(lo: int, hi: int) -> None:  # live[lo:hi] failed together
             mid = (lo + hi) // 2
             for a, b in ((lo, mid), (mid, hi)):
+                if self.stopped:  # every caller went away meanwhile
+                    return
                 group = live[a:b]
                 try:
                     got, input_ns, infer_ns, output_ns = self.run(
@@ -134,7 +169,6 @@ class InstanceExecution:
                 times[2] += output_ns
 
         settle(0, len(live))
-        outcomes = [part for part in parts if part is not None]
-        assert len(outcomes) == len(live), "every request of a rerun batch gets an outcome"
+        outcomes = [error if part is None else part for part in parts]
         failed = sum(1 for part in outcomes if isinstance(part, Exception))
         return outcomes, began, times[0], times[1], times[2], failed

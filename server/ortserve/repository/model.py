@@ -101,6 +101,7 @@ class ModelVersion:
             [instance.run for instance in onnx.instances],
             batch_policy(config, default_latency_target_ms, "cuda" if on_cuda else "cpu"),
             on_batch=self._on_batch,
+            stoppers=onnx.instances,
         )
         if self._batcher.policy.batch_shapes:
             log.info(

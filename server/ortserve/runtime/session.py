@@ -94,7 +94,7 @@ class OrtInstance:
     Created by OnnxModel.load. `device` and `providers` are what the session really holds.
     """
 
-    __slots__ = ("name", "device", "providers", "intra_op_threads", "_session", "_sig")
+    __slots__ = ("name", "device", "providers", "intra_op_threads", "_session", "_sig", "_options")
 
     name: str
     """e.g. "mymodel_1_0": the model name given to load, then the instance index."""
@@ -112,6 +112,9 @@ class OrtInstance:
         self.providers = list(session.get_providers())
         self.device = device_of(self.providers)
         self.intra_op_threads = int(session.get_session_options().intra_op_num_threads)
+        self._options = ort.RunOptions()
+        """Every run's options, one object: `stop` sets its terminate flag from another thread (and a
+        run given options is ~1 us faster than one that lets ONNX Runtime make default ones)."""
 
     def run(self, feeds: Mapping[str, Array]) -> dict[str, Array]:
         """Run every output; blocking (ONNX Runtime releases the GIL while it computes).
@@ -131,7 +134,7 @@ class OrtInstance:
             feeds = dict(feeds)  # the pybind layer under session.run takes a dict only
         try:
             # The precomputed names, not None: with None, ORT rebuilds this list on every call.
-            values = session.run(sig.output_names, feeds)
+            values = session.run(sig.output_names, feeds, self._options)
         except Exception as err:  # ORT's exception classes share no base but Exception
             if _rejects_values(err):
                 raise InvalidInputError(
@@ -143,6 +146,16 @@ class OrtInstance:
         for name in sig.string_outputs:
             outputs[name] = _encode_strings(outputs[name])
         return outputs
+
+    def stop(self) -> None:
+        """Ask the run in progress to end early: ONNX Runtime checks between nodes (and between a
+        Loop's iterations) and fails the run. Every later run fails at once until `resume`.
+        Callable from any thread."""
+        self._options.terminate = True
+
+    def resume(self) -> None:
+        """Let runs go on again after `stop`; call it before handing the next batch to the instance."""
+        self._options.terminate = False
 
     def close(self) -> None:
         """Release the session (ORT frees it with its last reference); idempotent."""
