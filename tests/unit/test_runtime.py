@@ -416,6 +416,29 @@ def test_a_value_a_node_rejects_as_it_runs_is_invalid_input(tmp_path: Path) -> N
         allocating.instances[0].run({"n": np.array([[2**50]], np.int64)})
 
 
+def test_a_failed_run_writes_no_raw_onnxruntime_line_to_stderr(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """ONNX Runtime logs a failed run's status to stderr itself, outside the JSON logs; the run
+    options keep it quiet (the error reaches the caller, and the server's own log when it is INTERNAL)."""
+    lookup = load(models.save(models.lookup(), tmp_path, "lookup"), name="lookup_1")
+    capfd.readouterr()
+    with pytest.raises(InvalidInputError):
+        lookup.instances[0].run({"idx": np.array([[99]], np.int64)})
+    assert "onnxruntime" not in capfd.readouterr().err
+
+
+def test_with_debug_logs_a_failed_run_keeps_onnxruntime_s_own_line(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="ortserve.runtime")
+    lookup = load(models.save(models.lookup(), tmp_path, "lookup"), name="lookup_1")
+    capfd.readouterr()
+    with pytest.raises(InvalidInputError):
+        lookup.instances[0].run({"idx": np.array([[99]], np.int64)})
+    assert "onnxruntime" in capfd.readouterr().err
+
+
 def test_stop_ends_the_run_in_progress_and_resume_lets_the_next_run(tmp_path: Path) -> None:
     """OrtInstance.stop from another thread sets ONNX Runtime's terminate flag: the run ends early
     with an error (between a Loop's iterations here) and so does any run until resume."""

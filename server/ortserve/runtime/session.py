@@ -115,6 +115,11 @@ class OrtInstance:
         self._options = ort.RunOptions()
         """Every run's options, one object: `stop` sets its terminate flag from another thread (and a
         run given options is ~1 us faster than one that lets ONNX Runtime make default ones)."""
+        if not logger.isEnabledFor(logging.DEBUG):
+            # A failed run's raw line on stderr ("[E:onnxruntime:...] Non-zero status code ...") would
+            # break the JSON logs, once per failed run (a batch rerun in parts fails several): the
+            # error reaches the caller, and the log when it is the server's, with ORT's message in it.
+            self._options.log_severity_level = 4  # fatal only
 
     def run(self, feeds: Mapping[str, Array]) -> dict[str, Array]:
         """Run every output; blocking (ONNX Runtime releases the GIL while it computes).
