@@ -886,7 +886,7 @@ def test_a_run_is_not_stopped_while_one_caller_of_its_batch_still_waits() -> Non
     run(main)
 
 
-def test_a_stopped_batch_is_not_rerun_in_parts() -> None:
+def test_a_stopped_batch_is_not_rerun_in_parts(caplog: pytest.LogCaptureFixture) -> None:
     async def main() -> None:
         runner = StoppableRunner()
         b = DynamicBatcher("m_1", [runner], BatchPolicy(max_batch_size=8), stoppers=[runner])
@@ -905,7 +905,9 @@ def test_a_stopped_batch_is_not_rerun_in_parts() -> None:
         await b.close()
         assert runner.stops == 1 and runner.batches == [[-1.0], [1.0, 2.0]]
 
-    run(main)
+    with caplog.at_level("INFO", logger="ortserve.batching"):
+        run(main)
+    assert not [r for r in caplog.records if "rerun in parts" in r.getMessage()]  # stopped, not failed
 
 
 def test_a_batcher_takes_one_stopper_per_runner_or_none() -> None:

@@ -626,7 +626,7 @@ class DynamicBatcher:
                     item.future.set_result(
                         BatchResult(outputs, item.enqueued_ns, began, input_ns, infer_ns, output_ns, total)
                     )
-            if failed:
+            if failed and not self._instances[instance].stopped:
                 failures = [p for p in parts if isinstance(p, Exception)]
                 unexpected = next((p for p in failures if not isinstance(p, OrtserveError)), None)
                 # Values the model rejected are the callers' to fix (INVALID_ARGUMENT): no error of the server.

@@ -66,7 +66,8 @@ class InstanceExecution:
     """One instance's runner, kept input memory and batch shape planner.
 
     Not thread-safe: used by the instance's worker thread while a batch runs, by the warm-up before
-    the batcher starts, and (the planner's `cap`) by the batcher task while the instance is idle.
+    the batcher starts, and (the planner's `cap`) by the batcher task while the instance is idle;
+    `stop` and `resume` are called on the event loop, and the worker only reads `stopped`.
     """
 
     __slots__ = ("name", "runner", "buffers", "planner", "stopper", "stopped")
