@@ -82,14 +82,12 @@ class InstanceExecution:
         self.stopped = False
         """Set (on the event loop) when every caller of the batch in progress went away."""
 
-    def stop(self) -> bool:
-        """Stop the batch in progress, nobody waiting for it any more (on the loop); False if the
-        runner cannot be stopped."""
-        if self.stopper is None:
-            return False
-        self.stopped = True
-        self.stopper.stop()
-        return True
+    def stop(self) -> None:
+        """Stop the batch in progress, nobody waiting for it any more (on the loop); nothing happens
+        when the runner cannot be stopped."""
+        if self.stopper is not None:
+            self.stopped = True
+            self.stopper.stop()
 
     def resume(self) -> None:
         """Before the next batch, on the loop, after a `stop` (the batcher calls it only then)."""
