@@ -33,6 +33,7 @@ from ortserve.observability.histograms import LATENCY_BUCKETS_S, batch_size_hist
 from ortserve.repository import ModelRegistry
 from ortserve.runtime import RuntimeOptions
 from tests import models
+from tests.wire import sleeper
 
 ORTSERVE_FAMILIES = {
     "ortserve_requests": "counter",
@@ -43,6 +44,8 @@ ORTSERVE_FAMILIES = {
     "ortserve_compute_duration_seconds": "histogram",
     "ortserve_batch_size": "histogram",
     "ortserve_pending_requests_per_instance": "gauge",
+    "ortserve_batches_rerun": "counter",
+    "ortserve_batches_stopped": "counter",
     "ortserve_batch_handoff_seconds": "gauge",
     "ortserve_batch_holds": "counter",
     "ortserve_batch_hold_seconds": "counter",
@@ -111,6 +114,8 @@ class Load:
     instances: int
     controller: LatencyController | None = None
     hold: BatchHold | None = None
+    batches_rerun: int = 0
+    batches_stopped: int = 0
 
 
 def test_ortserve_families_from_known_statistics() -> None:
@@ -307,6 +312,42 @@ def test_every_family_after_successes_of_known_batch_sizes_and_every_failure_rea
     for family in ("request", "queue", "compute_input", "compute_infer", "compute_output"):
         name = f"nv_inference_{family}_duration_us"
         assert value(metrics, name, **labels) is not None, name
+
+
+def test_batches_rerun_and_stopped_count_real_failed_and_abandoned_runs(repo: Path) -> None:
+    """A Gather batch with one index out of the table is rerun in parts; a long run whose caller
+    went away is stopped: each is counted on its version."""
+    models.save(models.lookup(), repo, "lookup")
+    (repo / "lookup" / "config.pbtxt").write_text(
+        "max_batch_size: 8\ndynamic_batching { max_queue_delay_microseconds: 300000 }\n"
+    )
+    models.save(sleeper(), repo, "sleeper")
+
+    async def traffic(registry: ModelRegistry, dp: DataPlane) -> CollectorRegistry:
+        metrics = collectors(registry)
+        good, bad = await asyncio.gather(
+            dp.infer(InferRequest("lookup", "", "good", idx(2))),
+            dp.infer(InferRequest("lookup", "", "bad", idx(99))),
+            return_exceptions=True,
+        )
+        assert not isinstance(good, BaseException) and good.outputs[0][1].tolist() == [[12.0]]
+        assert isinstance(bad, InvalidInputError)
+        endless = asyncio.create_task(dp.infer(InferRequest("sleeper", "", "r", {"x": np.array([100_000], np.int64)})))
+        batcher = registry.get("sleeper").batcher
+        while batcher.running_batches == 0:
+            await asyncio.sleep(0.001)
+        endless.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await endless
+        while batcher.running_batches:  # stopped: long before its 100000 iterations
+            await asyncio.sleep(0.001)
+        return snapshot(metrics)
+
+    metrics = asyncio.run(with_dataplane(repo, traffic))
+    assert value(metrics, "ortserve_batches_rerun_total", model="lookup", version="1") == 1
+    assert value(metrics, "ortserve_batches_stopped_total", model="lookup", version="1") == 0
+    assert value(metrics, "ortserve_batches_stopped_total", model="sleeper", version="1") == 1
+    assert value(metrics, "ortserve_batches_rerun_total", model="sleeper", version="1") == 0
 
 
 def test_pending_requests_per_instance_rises_while_requests_wait(repo: Path) -> None:

@@ -173,6 +173,10 @@ class DynamicBatcher:
         self._running_requests = 0
         self._batches: list[list[Pending] | None] = [None] * len(self._instances)
         """Per instance, the batch it runs now (None when free)."""
+        self.batches_rerun = 0
+        """Batches run again in parts after their run failed (execution.py), since start."""
+        self.batches_stopped = 0
+        """Runs stopped because every caller of their batch went away, since start."""
         self._forming: list[Pending] = []  # gathered, out of the queue, not yet running
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -500,6 +504,8 @@ class DynamicBatcher:
                 # Answers are set only once the run ends, so a done future here is a caller that went away.
                 if not execution.stopped and all(other.future.done() for other in batch):
                     execution.stop()
+                    if execution.stopped:  # the runner could be stopped
+                        self.batches_stopped += 1
                 return
 
     async def _next_batch(self, instance: int) -> list[Pending]:
@@ -605,9 +611,12 @@ class DynamicBatcher:
                         item.future.set_exception(type(error)(str(error)))
                 self._report(BatchReport(self.name, total, started, finished, error=error, contexts=contexts))
                 return
-            parts, began, input_ns, infer_ns, output_ns, failed = done
+            parts, began, input_ns, infer_ns, output_ns, reruns = done
+            failed = sum(1 for part in parts if isinstance(part, Exception)) if reruns else 0
+            if reruns:
+                self.batches_rerun += 1
             controller = self._controller
-            if not failed:  # a batch rerun in parts after a failure times nothing the models should learn
+            if not reruns:  # a batch rerun in parts after a failure times nothing the models should learn
                 if self._hold is not None:
                     self._hold.observe(finished - started - input_ns - infer_ns - output_ns)
                 if controller is not None:

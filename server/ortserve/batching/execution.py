@@ -41,7 +41,8 @@ Part = dict[str, np.ndarray] | Exception
 
 Done = tuple[list[Part], int, int, int, int, int]
 """(per-request outcomes, when the worker began the batch (monotonic ns), compute input/infer/output ns,
-how many requests failed): what an instance hands back for a batch that ran."""
+how many runs were made again in parts after the batch's own run failed: 0 for a batch that just ran):
+what an instance hands back for a batch that ran."""
 
 
 class Stoppable(Protocol):
@@ -145,6 +146,7 @@ class InstanceExecution:
         planner = self.planner
         parts: list[Part | None] = [None] * len(live)
         times = [0, 0, 0]
+        runs = [0]
 
         def settle(lo: int, hi: int) -> None:  # live[lo:hi] failed together
             mid = (lo + hi) // 2
@@ -152,6 +154,7 @@ class InstanceExecution:
                 if self.stopped:  # every caller went away meanwhile
                     return
                 group = live[a:b]
+                runs[0] += 1
                 try:
                     got, input_ns, infer_ns, output_ns = self.run(
                         group, planner.rows_for_part(sum(item.rows for item in group)), observe=False
@@ -169,5 +172,4 @@ class InstanceExecution:
 
         settle(0, len(live))
         outcomes = [error if part is None else part for part in parts]
-        failed = sum(1 for part in outcomes if isinstance(part, Exception))
-        return outcomes, began, times[0], times[1], times[2], failed
+        return outcomes, began, times[0], times[1], times[2], max(runs[0], 1)

@@ -78,6 +78,12 @@ class BatcherLoad(Protocol):
     @property
     def hold(self) -> HoldState | None: ...
 
+    @property
+    def batches_rerun(self) -> int: ...
+
+    @property
+    def batches_stopped(self) -> int: ...
+
 
 LoadSource = Callable[[], Iterable[tuple[str, str, BatcherLoad]]]
 """Yields (model, version, batcher) for every loaded model version."""
@@ -263,9 +269,23 @@ class OrtserveCollector(Collector):
         held = CounterMetricFamily(
             "ortserve_batch_hold_seconds", "Time batches spent waiting for more rows (the batch hold).", labels=LABELS
         )
+        rerun = CounterMetricFamily(
+            "ortserve_batches_rerun",
+            "Batches whose run failed and that were run again in parts, so that only the requests the model "
+            "fails on alone fail (one caller's bad values, e.g. an index out of range).",
+            labels=LABELS,
+        )
+        stopped = CounterMetricFamily(
+            "ortserve_batches_stopped",
+            "Runs stopped before their end because the callers of all their requests went away "
+            "(cancelled, or past their deadline).",
+            labels=LABELS,
+        )
         for model, version, batcher in self._load() if self._load is not None else ():
             labels = (model, version)
             pending.add_metric(labels, (batcher.queued_requests + batcher.running_requests) / max(batcher.instances, 1))
+            rerun.add_metric(labels, batcher.batches_rerun)
+            stopped.add_metric(labels, batcher.batches_stopped)
             hold = batcher.hold
             if hold is not None:
                 handoff.add_metric(labels, hold.overhead_ns / 1e9)
@@ -285,6 +305,8 @@ class OrtserveCollector(Collector):
                 ):
                     gauge.add_metric(labels, reading)
         yield pending
+        yield rerun
+        yield stopped
         yield handoff
         yield holds
         yield held
