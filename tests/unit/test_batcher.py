@@ -862,18 +862,27 @@ def test_a_run_all_of_whose_callers_went_away_is_stopped_and_the_instance_runs_t
     run(main)
 
 
+async def two_running_as_one_batch(
+    runner: StoppableRunner,
+) -> tuple[DynamicBatcher, asyncio.Task[BatchResult], asyncio.Task[BatchResult]]:
+    """A started batcher over `runner` (its stopper too) running requests x(1, 1.0) and x(1, 2.0) as one
+    batch, after a blocker that kept the instance busy while they queued."""
+    b = DynamicBatcher("m_1", [runner], BatchPolicy(max_batch_size=8), stoppers=[runner])
+    b.start()
+    blocker = submit(b, x(1, -1.0))
+    assert await asyncio.to_thread(runner.entered.wait, WAIT_S)
+    first, second = submit(b, x(1, 1.0)), submit(b, x(1, 2.0))
+    await until(lambda: b.queued_requests == 2)
+    runner.release.set()
+    await blocker
+    await until(lambda: runner.entered.is_set())
+    return b, first, second
+
+
 def test_a_run_is_not_stopped_while_one_caller_of_its_batch_still_waits() -> None:
     async def main() -> None:
         runner = StoppableRunner()
-        b = DynamicBatcher("m_1", [runner], BatchPolicy(max_batch_size=8), stoppers=[runner])
-        b.start()
-        blocker = submit(b, x(1, -1.0))
-        assert await asyncio.to_thread(runner.entered.wait, WAIT_S)
-        first, second = submit(b, x(1, 1.0)), submit(b, x(1, 2.0))
-        await until(lambda: b.queued_requests == 2)
-        runner.release.set()
-        await blocker
-        await until(lambda: runner.entered.is_set())  # the two run as one batch
+        b, first, second = await two_running_as_one_batch(runner)
         first.cancel()
         with pytest.raises(asyncio.CancelledError):
             await first
@@ -889,15 +898,7 @@ def test_a_run_is_not_stopped_while_one_caller_of_its_batch_still_waits() -> Non
 def test_a_stopped_batch_is_not_rerun_in_parts(caplog: pytest.LogCaptureFixture) -> None:
     async def main() -> None:
         runner = StoppableRunner()
-        b = DynamicBatcher("m_1", [runner], BatchPolicy(max_batch_size=8), stoppers=[runner])
-        b.start()
-        blocker = submit(b, x(1, -1.0))
-        assert await asyncio.to_thread(runner.entered.wait, WAIT_S)
-        tasks = [submit(b, x(1, 1.0)), submit(b, x(1, 2.0))]
-        await until(lambda: b.queued_requests == 2)
-        runner.release.set()
-        await blocker
-        await until(lambda: runner.entered.is_set())
+        b, *tasks = await two_running_as_one_batch(runner)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
