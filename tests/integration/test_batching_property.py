@@ -1,7 +1,8 @@
 """Batching as a property, against a real server: many concurrent requests of random row
 counts and priorities, some cancelled, some with deadlines that pass in the queue. Every
 surviving request gets exactly its own outputs, and no expired or cancelled request reaches
-the session (the server's own counts of computed rows prove it)."""
+the session (the server's own counts of computed rows prove it). The same holds for a model
+without dynamic batching, whose requests are staged to the worker one after another."""
 
 from __future__ import annotations
 
@@ -24,19 +25,26 @@ dynamic_batching { priority_levels: 3 default_priority_level: 2 }
 instance_group [ { count: 1 kind: KIND_CPU } ]
 """
 
+ALONE = """
+max_batch_size: 16
+instance_group [ { count: 1 kind: KIND_CPU } ]
+"""
+
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     repo: Path = tmp_path_factory.mktemp("models")
     models.save(sleeper(batchable=True), repo, "sleepy")
     write_config(repo, "sleepy", CONFIG)
+    models.save(sleeper(batchable=True), repo, "sleepy_alone")
+    write_config(repo, "sleepy_alone", ALONE)
     with serve_in_thread(repo, http_port=-1) as running:
         yield running
 
 
-def _request(x: np.ndarray, priority: int, request_id: str) -> pb.ModelInferRequest:
+def _request(x: np.ndarray, priority: int, request_id: str, model: str = "sleepy") -> pb.ModelInferRequest:
     params = {"priority": priority} if priority else None
-    return infer_request("sleepy", {"x": x}, request_id=request_id, parameters=params)
+    return infer_request(model, {"x": x}, request_id=request_id, parameters=params)
 
 
 def _computed_rows(stats: pb.ModelStatistics) -> int:
@@ -53,20 +61,20 @@ def _per_iteration_s(srv: RunningServer) -> float:
     return max(best / probe, 1e-6)
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_survivors_get_their_own_answer_and_nothing_dead_is_computed(srv: RunningServer, seed: int) -> None:
+@pytest.mark.parametrize(("model", "seed"), [("sleepy", 0), ("sleepy", 1), ("sleepy_alone", 0)])
+def test_survivors_get_their_own_answer_and_nothing_dead_is_computed(srv: RunningServer, model: str, seed: int) -> None:
     per_iteration = _per_iteration_s(srv)
     for busy_s in (1.5, 3.0, 6.0):  # retried longer if a loaded machine ends the blocker too early
-        if _attempt(srv, np.random.default_rng(seed), int(busy_s / per_iteration)):
+        if _attempt(srv, np.random.default_rng(seed), int(busy_s / per_iteration), model):
             return
     raise AssertionError("the blocking request never outlived the checks; machine too loaded")
 
 
-def _attempt(srv: RunningServer, rng: np.random.Generator, blocker_iterations: int) -> bool:
-    before = model_stats(srv.stub, "sleepy")
+def _attempt(srv: RunningServer, rng: np.random.Generator, blocker_iterations: int, model: str) -> bool:
+    before = model_stats(srv.stub, model)
     ended: list[float] = []
     blocker = srv.stub.ModelInfer.future(
-        _request(np.array([[blocker_iterations]], np.int64), 1, "blocker"), timeout=120
+        _request(np.array([[blocker_iterations]], np.int64), 1, "blocker", model), timeout=120
     )
     blocker.add_done_callback(lambda _: ended.append(time.monotonic()))
     time.sleep(0.3)  # it reaches the only instance; everything below queues behind it
@@ -77,7 +85,7 @@ def _attempt(srv: RunningServer, rng: np.random.Generator, blocker_iterations: i
         rows = int(rng.integers(1, 5))
         x = rng.integers(0, 3, size=(rows, 1)).astype(np.int64)  # 0..2 iterations: instant
         timeout = 0.25 if kind == "deadline" else 120
-        future = srv.stub.ModelInfer.future(_request(x, int(rng.integers(0, 4)), f"r{i}"), timeout=timeout)
+        future = srv.stub.ModelInfer.future(_request(x, int(rng.integers(0, 4)), f"r{i}", model), timeout=timeout)
         calls.append((kind, x, future))
     for kind, _, future in calls:
         if kind == "cancel":
@@ -101,7 +109,7 @@ def _attempt(srv: RunningServer, rng: np.random.Generator, blocker_iterations: i
     if ended[0] <= checks_done:
         return False  # inconclusive: the blocker ended before the dead requests were dead
     time.sleep(0.2)  # the server records failures as their handlers unwind
-    after = model_stats(srv.stub, "sleepy")
+    after = model_stats(srv.stub, model)
     computed = _computed_rows(after) - _computed_rows(before)
     assert computed == 1 + survivors_rows, "a cancelled or expired request reached the session"
     assert after.inference_count - before.inference_count == 1 + survivors_rows

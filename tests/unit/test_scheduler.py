@@ -7,12 +7,14 @@ import asyncio
 import math
 import random
 import statistics
+import threading
 import time
 from typing import Any
 
 import numpy as np
 import pytest
 
+import ortserve.batching.batcher as b_module
 from ortserve.batching import BatchPolicy, DynamicBatcher, LatencyController, LatencyTargetError, QueuePolicy
 from ortserve.batching.controller import (
     ADMIT_FRACTION,
@@ -23,8 +25,9 @@ from ortserve.batching.controller import (
     SETPOINT,
     CostModel,
 )
-from ortserve.errors import DeadlineExceededError, InvalidInputError, QueueFullError
-from tests.unit.test_batcher import Runner, run, until, x
+from ortserve.batching.execution import InstanceExecution
+from ortserve.errors import DeadlineExceededError, InvalidInputError, ModelNotReadyError, QueueFullError
+from tests.unit.test_batcher import WAIT_S, Runner, StoppableRunner, run, until, x
 
 MS = 1_000_000
 
@@ -208,6 +211,160 @@ def test_without_dynamic_batching_each_request_runs_alone() -> None:
         assert runner.rows == [1, 1, 1, 1]
 
     run(main)
+
+
+# -- without dynamic batching: requests staged to the worker -----------------------------
+
+
+def test_without_dynamic_batching_the_worker_goes_on_to_the_next_request_without_the_loop() -> None:
+    async def main() -> None:
+        calls = threading.Semaphore(0)
+        runner = Runner(lambda feeds: (calls.release(), {"y": feeds["x"] * 2})[1], hold=True)
+        b, runner, blocker = await held(BatchPolicy(max_batch_size=8, dynamic=False), runner)
+        staged = submit(b, 5.0)
+        await until(lambda: b.queued_requests == 1)  # a staged request waits: counted as queued, not running
+        assert (b.running_batches, b.running_requests, b.queued_rows) == (1, 1, 1)
+        runner.release.set()
+        # The event loop stays blocked here: the staged request runs all the same, handed over already.
+        assert calls.acquire(timeout=WAIT_S) and calls.acquire(timeout=WAIT_S), "the staged request waited for the loop"
+        await asyncio.gather(blocker, staged)
+        np.testing.assert_array_equal(staged.result().outputs["y"], x(1, 5.0) * 2)
+        await b.close()
+        assert first_values(runner) == [5.0]
+
+    run(main)
+
+
+def test_a_request_of_a_higher_priority_waits_behind_the_staged_request_only() -> None:
+    async def main() -> None:
+        b, runner, blocker = await held(BatchPolicy(max_batch_size=8, dynamic=False, priority_levels=2))
+        tasks = [submit(b, 20.0, priority=2)]  # staged: it runs right after the blocker
+        await until(lambda: b.queued_requests == 1)
+        tasks += [submit(b, 21.0, priority=2), submit(b, 10.0, priority=1)]  # queued: by priority
+        await until(lambda: b.queued_requests == 3)
+        runner.release.set()
+        await asyncio.gather(blocker, *tasks)
+        await b.close()
+        assert first_values(runner) == [20.0, 10.0, 21.0]
+
+    run(main)
+
+
+@pytest.mark.parametrize("why", ["cancelled", "deadline", "queue timeout"])
+def test_a_staged_request_whose_caller_left_or_whose_time_passed_is_never_computed(why: str) -> None:
+    async def main() -> None:
+        policy = BatchPolicy(
+            max_batch_size=8,
+            dynamic=False,
+            default_queue_policy=QueuePolicy(default_timeout_us=40_000 if why == "queue timeout" else 0),
+        )
+        b, runner, blocker = await held(policy)
+        deadline = time.monotonic_ns() + 40 * MS if why == "deadline" else None
+        started = time.monotonic()
+        staged = asyncio.create_task(b.submit({"x": x(1, 5.0)}, rows=1, deadline_ns=deadline))
+        await until(lambda: b.queued_requests == 1)
+        if why == "cancelled":
+            staged.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await staged
+        else:
+            timeout = r"deadline passed \(its queue timeout of 40 ms\)"
+            match = timeout if why == "queue timeout" else "deadline passed after"
+            with pytest.raises(DeadlineExceededError, match=match):
+                await staged
+            assert time.monotonic() - started < 1.0  # answered on time, while the instance is still busy
+        assert not runner.release.is_set()
+        runner.release.set()
+        await blocker
+        after = await submit(b, 6.0)  # the instance goes on with the next request
+        np.testing.assert_array_equal(after.outputs["y"], x(1, 6.0) * 2)
+        await b.close()
+        assert first_values(runner) == [6.0]
+
+    run(main)
+
+
+def test_a_staged_request_past_its_time_is_not_run_even_before_its_timer_fires() -> None:
+    async def main() -> None:
+        b, runner, blocker = await held(BatchPolicy(max_batch_size=8, dynamic=False))
+        # A deadline beyond the timer horizon gets no timer; the worker checks it as the request starts.
+        b_module.DEADLINE_TIMER_HORIZON_NS, horizon = 0, b_module.DEADLINE_TIMER_HORIZON_NS
+        try:
+            staged = asyncio.create_task(b.submit({"x": x(1, 5.0)}, rows=1, deadline_ns=time.monotonic_ns() + 30 * MS))
+            await until(lambda: b.queued_requests == 1)
+        finally:
+            b_module.DEADLINE_TIMER_HORIZON_NS = horizon
+        await asyncio.sleep(0.08)
+        assert not staged.done()
+        runner.release.set()
+        with pytest.raises(DeadlineExceededError, match="deadline passed after"):
+            await staged
+        await blocker
+        await b.close()
+        assert first_values(runner) == []
+
+    run(main)
+
+
+def test_close_with_a_timeout_fails_a_staged_request_too() -> None:
+    async def main() -> None:
+        b, runner, blocker = await held(BatchPolicy(max_batch_size=8, dynamic=False))
+        staged, queued = submit(b, 5.0), submit(b, 6.0)
+        await until(lambda: b.queued_requests == 2)
+        await b.close(timeout_s=0.05)
+        for task in (staged, queued):
+            with pytest.raises(ModelNotReadyError, match="m_1"):
+                await task
+        runner.release.set()  # the request that was running still answers
+        await blocker
+        await until(lambda: b.running_batches == 0)
+        assert first_values(runner) == []
+
+    run(main)
+
+
+def test_stopping_a_run_leaves_the_request_staged_behind_it_alone() -> None:
+    async def main() -> None:
+        runner = StoppableRunner()
+        b = DynamicBatcher("m_1", [runner], BatchPolicy(max_batch_size=8, dynamic=False), stoppers=[runner])
+        b.start()
+        abandoned = submit(b, 1.0)
+        assert await asyncio.to_thread(runner.entered.wait, WAIT_S)
+        staged = submit(b, 2.0)
+        await until(lambda: b.queued_requests == 1)
+        abandoned.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await abandoned
+        await until(lambda: b.queued_requests == 0)  # the worker has begun the staged one
+        assert await asyncio.to_thread(runner.entered.wait, WAIT_S)
+        runner.release.set()
+        np.testing.assert_array_equal((await staged).outputs["y"], x(1, 2.0) * 2)
+        await b.close()
+        assert runner.stops == 1 and runner.resumes == 1 and runner.batches == [[1.0], [2.0]]
+
+    run(main)
+
+
+def test_a_stop_reaches_only_the_batch_it_names() -> None:
+    runner = StoppableRunner()
+    execution = InstanceExecution("m_1", runner, (), runner)
+    assert execution.begin(1)
+    assert not execution.stop(2)  # not the batch the worker runs
+    assert execution.stop(1) and not execution.stop(1)
+    assert execution.end()
+    assert not execution.stop(1)  # over
+    assert execution.begin(2) and runner.resumes == 1
+    assert not execution.end() and runner.stops == 1
+
+
+def test_a_staged_request_is_withdrawn_only_before_its_run_begins() -> None:
+    execution = InstanceExecution("m_1", Runner(), ())
+    withdrawn: list[int] = []
+    assert execution.unless_begun(1, lambda: withdrawn.append(1))
+    assert not execution.begin(1, lambda: not withdrawn)  # the worker sees it withdrawn and skips it
+    assert execution.begin(2, lambda: True)
+    assert not execution.unless_begun(2, lambda: withdrawn.append(2))
+    assert withdrawn == [1]
 
 
 # -- the latency-target controller ------------------------------------------------------

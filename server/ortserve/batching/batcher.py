@@ -34,8 +34,16 @@ The policy, in steps:
    queued before it has its own: a later batch that finishes first waits for the earlier ones
    (`_release_in_order`). A request whose caller went away gives its place up at once.
 
-Without `dynamic` batching each execution carries exactly one request. If the batcher task
-dies, every waiter fails instead of hanging.
+Without `dynamic` batching each execution carries exactly one request, and there is nothing to
+gather: a request that finds every instance busy and nothing queued is *staged*, handed to a busy
+instance's worker at once to run right after its current request, and when a run completes the
+next queued request is staged in its place (at most one staged per instance). The worker so goes
+from one request to the next without a round trip through the event loop, as an executor's thread
+would. A staged request has left the queue (a request of a higher priority arriving later runs
+after it, as after a request that has started); the worker checks before it runs it that its
+caller is still there, and its deadline and queue timeout (REJECT) have not passed. Batching
+policies do not stage: a batch formed early would hold fewer rows than one formed as the instance
+frees. If the batcher task dies, every waiter fails instead of hanging.
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from time import monotonic_ns
 from typing import cast
 
@@ -107,6 +116,11 @@ class BatchReport:
 
 BatchObserver = Callable[[BatchReport], None]
 
+STAGE_AHEAD_NS = 1_000_000
+"""Without batching, an instance's worker is handed requests to run after its current one while
+they add up to less than this much compute (at least one): enough to cover the loop's delay in
+handing over the next one, little for a request of a higher priority to wait behind."""
+
 DEADLINE_TIMER_HORIZON_NS = 1_000_000_000
 """A queued request gets a timer for its deadline only if the deadline is this close (1 s).
 
@@ -116,8 +130,9 @@ batch forms, and over gRPC the caller's deadline also cancels the call, which wi
 request from the queue (the dataplane counts a call cancelled at or after its deadline as a
 deadline failure)."""
 
-_Job = tuple[int, list[Pending], int]
-"""(instance, the batch's live requests, dispatch time): one unit of work for a worker thread."""
+_Job = tuple[int, list[Pending], int, int, bool]
+"""(instance, the batch's live requests, dispatch time, sequence number, staged): one unit of work for
+a worker thread; a staged one was handed over while the instance ran another (module docstring)."""
 class DynamicBatcher:
     """Gathers concurrent requests of one model version into batches and runs them."""
 
@@ -169,10 +184,18 @@ class DynamicBatcher:
         """Idle instances that no batch is forming for; the last freed is used first."""
         self._jobs: list[queue.SimpleQueue[_Job | None]] = []
         self._threads: list[threading.Thread] = []
-        self._running = 0  # batches executing
+        self._running = 0  # batches handed to the workers: executing, or staged behind one
         self._running_requests = 0
-        self._batches: list[list[Pending] | None] = [None] * len(self._instances)
+        self._batches: list[_Job | None] = [None] * len(self._instances)
         """Per instance, the batch it runs now (None when free)."""
+        self._staged: list[deque[_Job]] = [deque() for _ in self._instances]
+        """Per instance, the requests handed to its worker to run after the current one, in order (no
+        batching only: module docstring)."""
+        self._staged_requests = self._staged_rows = 0
+        self._run_ns = [float(STAGE_AHEAD_NS)] * len(self._instances)
+        """Per instance, a running mean of its runs' compute time (what a staged request waits per request ahead)."""
+        self._stage = not self._batching
+        self._seq = 0
         self.batches_rerun = 0
         """Batches run again in parts after their run failed (execution.py), since start."""
         self.batches_stopped = 0
@@ -185,17 +208,18 @@ class DynamicBatcher:
 
     @property
     def queued_requests(self) -> int:
-        """Requests waiting in the queue (not yet in a batch)."""
-        return self._queue.requests
+        """Requests waiting: in the queue, or staged behind a running one (not yet in a batch that started)."""
+        return self._queue.requests + self._staged_requests
 
     @property
     def queued_rows(self) -> int:
-        return self._queue.rows
+        """Rows of the waiting requests (as queued_requests counts them)."""
+        return self._queue.rows + self._staged_rows
 
     @property
     def running_batches(self) -> int:
         """Batches executing now."""
-        return self._running
+        return self._running - sum(len(staged) for staged in self._staged)
 
     @property
     def running_requests(self) -> int:
@@ -298,6 +322,12 @@ class DynamicBatcher:
             alone = not hold.period_ns()  # arrivals flowing fast enough to hold for: the batcher task gathers
         if alone:
             self._launch(self._free.pop(), [item], now)
+        elif self._stage and not (self._queue.requests or self._delay_ns) and (busy := self._stage_room()) >= 0:
+            if timeout_us or self._queue_timeouts:  # checked as it starts; the action DELAY has nobody to let by
+                policy = self.policy.queue_policy(level)
+                if not policy.delay_on_timeout and (queue_timeout_us := self._queue_timeout_us(level, timeout_us)):
+                    item.reject_ns = now + queue_timeout_us * 1000
+            self._launch(busy, [item], now, staged=True)
         else:
             self._queue.push(item)  # QueueFullError when the level is full
             if timeout_us or self._queue_timeouts or (
@@ -306,7 +336,8 @@ class DynamicBatcher:
                 self._arm_timers(loop, item, now, timeout_us)
             if hold is not None and not counted:
                 hold.arrived(now)  # after push: a refused request is no arrival
-            self._wakeup.set()
+            if self._batching or self._free:  # else the completion of a run takes it (it runs one at a time)
+                self._wakeup.set()
         turn: asyncio.Future[None] | None = None
         if self._order is not None:
             turn = loop.create_future()
@@ -420,11 +451,18 @@ class DynamicBatcher:
             )
         return kept
 
-    def _arm_timers(self, loop: asyncio.AbstractEventLoop, item: Pending, now: int, timeout_us: int) -> None:
-        policy = self.policy.queue_policy(item.level)
+    def _queue_timeout_us(self, level: int, timeout_us: int) -> int:
+        """A request's queue timeout at `level`: the level's default, or its own `timeout_us` where
+        the level's policy lets it (always when the policy sets none); 0 = none."""
+        policy = self.policy.queue_policy(level)
         queue_timeout_us = policy.default_timeout_us
         if timeout_us > 0 and (policy.allow_timeout_override or not queue_timeout_us):
             queue_timeout_us = timeout_us
+        return queue_timeout_us
+
+    def _arm_timers(self, loop: asyncio.AbstractEventLoop, item: Pending, now: int, timeout_us: int) -> None:
+        policy = self.policy.queue_policy(item.level)
+        queue_timeout_us = self._queue_timeout_us(item.level, timeout_us)
         if queue_timeout_us > 0:
             action = self._delay if policy.delay_on_timeout else self._expire
             if not policy.delay_on_timeout:
@@ -438,6 +476,9 @@ class DynamicBatcher:
         if not item.queued or item.future.done():
             return
         self._queue.discard(item)
+        self._fail_expired(item, why)
+
+    def _fail_expired(self, item: Pending, why: str) -> None:
         waited_ms = (monotonic_ns() - item.enqueued_ns) / 1e6
         item.future.set_exception(
             DeadlineExceededError(
@@ -486,26 +527,71 @@ class DynamicBatcher:
                 continue
             self._launch(instance, live, now)
 
-    def _launch(self, instance: int, live: list[Pending], now: int) -> None:
-        """Hand a batch to instance `instance`'s worker thread (the instance is no longer free)."""
+    def _launch(self, instance: int, live: list[Pending], now: int, staged: bool = False) -> None:
+        """Hand a batch to instance `instance`'s worker thread (the instance is no longer free); a
+        staged one runs after the batch the instance runs now."""
         self._running += 1
-        self._running_requests += len(live)
-        self._batches[instance] = live
-        execution = self._instances[instance]
-        if execution.stopped:  # its last batch was stopped: let this one run
-            execution.resume()
-        self._jobs[instance].put((instance, live, now))
+        self._seq += 1
+        job = (instance, live, now, self._seq, staged)
+        if staged:
+            self._staged[instance].append(job)
+            self._staged_requests += len(live)
+            self._staged_rows += sum(item.rows for item in live)
+            for item in live:
+                item.staged = (instance, self._seq)
+                self._arm_staged_timer(item, now)
+        else:
+            self._batches[instance] = job
+            self._running_requests += len(live)
+        self._jobs[instance].put(job)
+
+    def _arm_staged_timer(self, item: Pending, now: int) -> None:
+        """A staged request's deadline (within the timer horizon) or REJECT queue timeout still answers
+        its caller on time: `_withdraw` fails it then, if its run has not begun."""
+        when, why = None, ""
+        if item.reject_ns is not None:
+            when, why = item.reject_ns, f" (its queue timeout of {(item.reject_ns - item.enqueued_ns) / 1e6:g} ms)"
+        if item.deadline_ns is not None and item.deadline_ns - now <= DEADLINE_TIMER_HORIZON_NS:
+            if when is None or item.deadline_ns < when:
+                when, why = item.deadline_ns, ""
+        if when is not None and self._loop is not None:
+            item.timers.append(self._loop.call_later(max(when - now, 0) / 1e9, self._withdraw, item, why))
+
+    def _withdraw(self, item: Pending, why: str) -> None:
+        """A staged request's deadline or queue timeout passed: fail it, unless its run has begun."""
+        assert item.staged is not None
+        instance, seq = item.staged
+        if not item.future.done():
+            self._instances[instance].unless_begun(seq, partial(self._fail_expired, item, why))
+
+    def _stage_room(self) -> int:
+        """The busy instance with the least staged behind its batch, if that is under STAGE_AHEAD_NS; else -1."""
+        best, least = -1, float(STAGE_AHEAD_NS)
+        for instance, staged in enumerate(self._staged):
+            if self._batches[instance] is None:
+                continue
+            if not staged:
+                return instance
+            ahead = len(staged) * self._run_ns[instance]
+            if ahead < least:
+                best, least = instance, ahead
+        return best
+
+    def _next_queued(self, now: int) -> Pending | None:
+        """The first queued request still wanted (expired ones fail on the way), or None."""
+        while (item := self._queue.pop()) is not None:
+            if item.future.done() or self._past_deadline(item, now):
+                continue
+            return item
+        return None
 
     def _abandoned(self, item: Pending) -> None:
         """`item`'s caller went away: if its batch is running and no caller of it is left, stop the run."""
-        for instance, batch in enumerate(self._batches):
-            if batch is not None and any(other is item for other in batch):
-                execution = self._instances[instance]
+        for instance, job in enumerate(self._batches):
+            if job is not None and any(other is item for other in job[1]):
                 # Answers are set only once the run ends, so a done future here is a caller that went away.
-                if not execution.stopped and all(other.future.done() for other in batch):
-                    execution.stop()
-                    if execution.stopped:  # the runner could be stopped
-                        self.batches_stopped += 1
+                if all(other.future.done() for other in job[1]) and self._instances[instance].stop(job[3]):
+                    self.batches_stopped += 1
                 return
 
     async def _next_batch(self, instance: int) -> list[Pending]:
@@ -583,24 +669,42 @@ class DynamicBatcher:
         """One instance's worker thread: run its batches in turn, complete each on the loop."""
         execution = self._instances[instance]
         while (job := jobs.get()) is not None:
-            done = execution.execute(job[1], monotonic_ns())
+            began = monotonic_ns()
+            done: Done | BaseException | None = None
+            stopped = False
+            # A staged request is checked as it starts (under the lock `_withdraw` takes too).
+            if execution.begin(job[3], partial(_still_wanted, job[1][0], began) if job[4] else None):
+                done = execution.execute(job[1], began)
+                stopped = execution.end()
             try:
-                loop.call_soon_threadsafe(self._complete, job, done)
+                loop.call_soon_threadsafe(self._complete, job, done, stopped)
             except RuntimeError:  # the loop closed during shutdown: nobody is waiting any more
                 return
 
-    def _complete(self, job: _Job, done: Done | BaseException) -> None:
-        """On the loop: hand each request its slice (or the error), report, free the instance."""
-        instance, live, started = job
+    def _complete(self, job: _Job, done: Done | BaseException | None, stopped: bool) -> None:
+        """On the loop: hand each request its slice (or the error), report, free the instance.
+
+        `done` None: a staged request not run (its caller went away, or its deadline or queue
+        timeout passed while it was staged); `stopped`: the batch was stopped (`_abandoned`)."""
+        instance, live, started = job[0], job[1], job[2]
         finished = monotonic_ns()
         total = sum(item.rows for item in live)
         contexts = [item.context for item in live]
         self._running -= 1
         self._running_requests -= len(live)
-        self._batches[instance] = None
+        staged = self._staged[instance]
+        following = staged.popleft() if staged else None  # the worker has gone on to it
+        if following is not None:
+            self._staged_requests -= len(following[1])
+            self._staged_rows -= sum(item.rows for item in following[1])
+            self._running_requests += len(following[1])
+        self._batches[instance] = following
         try:
+            if done is None:
+                self._fail_unrun(live[0], finished)
+                return
             if isinstance(done, BaseException):
-                if self._instances[instance].stopped:  # every caller had gone: that, not the run, ended it
+                if stopped:  # every caller had gone: that, not the run, ended it
                     error: OrtserveError = RequestCancelledError(
                         f"model {self.name}: the batch was stopped: the callers of all its requests went away"
                     )
@@ -612,6 +716,8 @@ class DynamicBatcher:
                 self._report(BatchReport(self.name, total, started, finished, error=error, contexts=contexts))
                 return
             parts, began, input_ns, infer_ns, output_ns, reruns = done
+            if self._stage:
+                self._run_ns[instance] += 0.1 * (input_ns + infer_ns + output_ns - self._run_ns[instance])
             failed = sum(1 for part in parts if isinstance(part, Exception)) if reruns else 0
             if reruns:
                 self.batches_rerun += 1
@@ -635,7 +741,7 @@ class DynamicBatcher:
                     item.future.set_result(
                         BatchResult(outputs, item.enqueued_ns, began, input_ns, infer_ns, output_ns, total)
                     )
-            if failed and not self._instances[instance].stopped:
+            if failed and not stopped:
                 failures = [p for p in parts if isinstance(p, Exception)]
                 unexpected = next((p for p in failures if not isinstance(p, OrtserveError)), None)
                 # Values the model rejected are the callers' to fix (INVALID_ARGUMENT): no error of the server.
@@ -663,9 +769,29 @@ class DynamicBatcher:
                 )
             )
         finally:
-            self._free.append(instance)
-            if self._queue.requests:
-                self._wakeup.set()
+            if self._stage and self._queue.requests:
+                if following is None and (queued := self._next_queued(finished)) is not None:
+                    self._launch(instance, [queued], finished)
+                    following = self._batches[instance]
+                while (
+                    following is not None
+                    and self._queue.requests
+                    and len(staged) * self._run_ns[instance] < STAGE_AHEAD_NS
+                    and (queued := self._next_queued(finished)) is not None
+                ):
+                    self._launch(instance, [queued], finished, staged=True)
+            if following is None:
+                self._free.append(instance)
+                if self._queue.requests:
+                    self._wakeup.set()
+
+    def _fail_unrun(self, item: Pending, now: int) -> None:
+        """A staged request the worker did not run: fail it by its deadline or queue timeout (unless its
+        timer did, or its caller went away)."""
+        if item.future.done() or self._past_deadline(item, now):
+            return
+        assert item.reject_ns is not None
+        self._fail_expired(item, f" (its queue timeout of {(item.reject_ns - item.enqueued_ns) / 1e6:g} ms)")
 
     def _report(self, report: BatchReport) -> None:
         if self._on_batch is None:
@@ -692,8 +818,21 @@ class DynamicBatcher:
             self._fail_all(InternalError(f"model {self.name}: the batcher stopped: {exc}"))
 
     def _fail_all(self, error: OrtserveError) -> None:
-        stranded = [*self._forming, *self._queue.drain()]
+        # Staged requests too: their worker skips a request whose future is done.
+        staged = [item for jobs in self._staged for job in jobs for item in job[1]]
+        stranded = [*self._forming, *self._queue.drain(), *staged]
         self._forming = []
         for item in stranded:
             if not item.future.done():
                 item.future.set_exception(type(error)(str(error)))
+
+
+def _still_wanted(item: Pending, now: int) -> bool:
+    """On a worker thread, as a staged request starts: its caller is there, its deadline and queue
+    timeout (REJECT) have not passed. (Reads the loop's future: a caller leaving right after this
+    is a run `_abandoned` can stop.)"""
+    return (
+        not item.future.done()
+        and (item.deadline_ns is None or now < item.deadline_ns)
+        and (item.reject_ns is None or now < item.reject_ns)
+    )

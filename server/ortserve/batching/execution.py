@@ -16,11 +16,14 @@ shape is what costs on CUDA).
 A run every caller of which has gone away (cancelled, or past its gRPC deadline) is stopped when the
 instance can (`Stoppable`: ONNX Runtime's terminate flag, checked between nodes), so that the
 instance takes the next batch instead of computing answers nobody reads; its parts are not rerun.
+The stop names the batch (its sequence number): the worker may already have moved on to a batch
+staged behind it, which must not be stopped in its place.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from time import perf_counter_ns
 from typing import Protocol, cast
@@ -66,12 +69,14 @@ class RunFailed(Exception):
 class InstanceExecution:
     """One instance's runner, kept input memory and batch shape planner.
 
-    Not thread-safe: used by the instance's worker thread while a batch runs, by the warm-up before
-    the batcher starts, and (the planner's `cap`) by the batcher task while the instance is idle;
-    `stop` and `resume` are called on the event loop, and the worker only reads `stopped`.
+    Not thread-safe, except for `begin`, `end`, `stop` and `unless_begun`: used by the instance's
+    worker thread while a batch runs, by the warm-up before the batcher starts, and (the planner's
+    `cap`) by the batcher task while the instance is idle; `stop` and `unless_begun` are called on
+    the event loop, `begin` and `end` by the worker around each batch, under one lock, so that a
+    stop reaches only the batch it names and a request is withdrawn only before its run begins.
     """
 
-    __slots__ = ("name", "runner", "buffers", "planner", "stopper", "stopped")
+    __slots__ = ("name", "runner", "buffers", "planner", "stopper", "stopped", "_running", "_begun", "_lock")
 
     def __init__(self, name: str, runner: Runner, shapes: tuple[int, ...], stopper: Stoppable | None = None) -> None:
         self.name = name
@@ -81,20 +86,52 @@ class InstanceExecution:
         self.planner = ShapePlanner(shapes)
         self.stopper = stopper
         self.stopped = False
-        """Set (on the event loop) when every caller of the batch in progress went away."""
+        """Set (by `stop`) when every caller of the batch in progress went away; the worker reads it."""
+        self._running: int | None = None
+        """The sequence number of the batch the worker runs now (between `begin` and `end`)."""
+        self._begun = 0
+        """The sequence number of the last batch the worker began (they are handed over in order)."""
+        self._lock = threading.Lock()
 
-    def stop(self) -> None:
-        """Stop the batch in progress, nobody waiting for it any more (on the loop); nothing happens
-        when the runner cannot be stopped."""
-        if self.stopper is not None:
+    def begin(self, seq: int, wanted: Callable[[], bool] | None = None) -> bool:
+        """The worker starts batch `seq`, unless `wanted` says it is not wanted any more (then False):
+        runs go on again if the batch before it was stopped."""
+        with self._lock:
+            if wanted is not None and not wanted():
+                return False
+            self._begun = self._running = seq
+            if self.stopped:
+                self.stopped = False
+                if self.stopper is not None:
+                    self.stopper.resume()
+            return True
+
+    def unless_begun(self, seq: int, withdraw: Callable[[], None]) -> bool:
+        """Call `withdraw` (on the loop) if the worker has not begun batch `seq` (then, as `withdraw`
+        leaves the batch unwanted, never will): whether it did."""
+        with self._lock:
+            if self._begun >= seq:
+                return False
+            withdraw()
+            return True
+
+    def end(self) -> bool:
+        """The worker is done with its batch: whether it was stopped."""
+        with self._lock:
+            self._running = None
+            return self.stopped
+
+    def stop(self, seq: int) -> bool:
+        """Stop batch `seq` if the worker runs it now, nobody waiting for it any more (on the loop):
+        whether it did (nothing happens when the runner cannot be stopped, or has finished it)."""
+        if self.stopper is None:
+            return False
+        with self._lock:
+            if self._running != seq or self.stopped:
+                return False
             self.stopped = True
             self.stopper.stop()
-
-    def resume(self) -> None:
-        """Before the next batch, on the loop, after a `stop` (the batcher calls it only then)."""
-        self.stopped = False
-        if self.stopper is not None:
-            self.stopper.resume()
+            return True
 
     def execute(self, live: Sequence[Pending], began: int) -> Done | BaseException:
         """Run `live` as one batch (rerun in parts if the model's run fails): the outcome, or the

@@ -37,6 +37,8 @@ class Pending:
     delayed: bool = False
     reject_ns: int | None = None
     """When its queue timeout rejects it (monotonic), if it has one whose action is REJECT."""
+    staged: tuple[int, int] | None = None
+    """(instance, job sequence number) once staged behind a running request (batcher.py, no batching)."""
 
 
 class RequestQueue:
