@@ -235,6 +235,26 @@ def test_without_dynamic_batching_the_worker_goes_on_to_the_next_request_without
     run(main)
 
 
+def test_with_two_instances_busy_each_gets_a_request_staged_behind_it() -> None:
+    async def main() -> None:
+        runners = [Runner(hold=True), Runner(hold=True)]
+        b = DynamicBatcher("m_1", runners, BatchPolicy(max_batch_size=8, dynamic=False))
+        b.start()
+        blockers = [submit(b, -1.0), submit(b, -2.0)]
+        for r in runners:
+            await r.wait_entered()
+        staged = [submit(b, 1.0), submit(b, 2.0)]
+        await until(lambda: b.queued_requests == 2)
+        assert b.running_batches == 2
+        for r in runners:
+            r.release.set()
+        await asyncio.gather(*blockers, *staged)
+        await b.close()
+        assert sorted(len(r.calls) for r in runners) == [2, 2]  # one staged behind each, not both behind one
+
+    run(main)
+
+
 def test_a_request_of_a_higher_priority_waits_behind_the_staged_request_only() -> None:
     async def main() -> None:
         b, runner, blocker = await held(BatchPolicy(max_batch_size=8, dynamic=False, priority_levels=2))

@@ -37,7 +37,8 @@ The policy, in steps:
 Without `dynamic` batching each execution carries exactly one request, and there is nothing to
 gather: a request that finds every instance busy and nothing queued is *staged*, handed to a busy
 instance's worker at once to run right after its current request, and when a run completes the
-next queued request is staged in its place (at most one staged per instance). The worker so goes
+next queued requests are staged in its place (while the instance's staged requests add up to less
+than STAGE_AHEAD_NS of its measured compute; at least one). The worker so goes
 from one request to the next without a round trip through the event loop, as an executor's thread
 would. A staged request has left the queue (a request of a higher priority arriving later runs
 after it, as after a request that has started); the worker checks before it runs it that its
