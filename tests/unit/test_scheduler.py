@@ -304,16 +304,14 @@ def test_a_staged_request_whose_caller_left_or_whose_time_passed_is_never_comput
     run(main)
 
 
-def test_a_staged_request_past_its_time_is_not_run_even_before_its_timer_fires() -> None:
+def test_a_staged_request_past_its_time_is_not_run_even_before_its_timer_fires(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A deadline beyond the timer horizon gets no timer; the worker checks it as the request starts.
+    monkeypatch.setattr(b_module, "DEADLINE_TIMER_HORIZON_NS", 0)
+
     async def main() -> None:
         b, runner, blocker = await held(BatchPolicy(max_batch_size=8, dynamic=False))
-        # A deadline beyond the timer horizon gets no timer; the worker checks it as the request starts.
-        b_module.DEADLINE_TIMER_HORIZON_NS, horizon = 0, b_module.DEADLINE_TIMER_HORIZON_NS
-        try:
-            staged = asyncio.create_task(b.submit({"x": x(1, 5.0)}, rows=1, deadline_ns=time.monotonic_ns() + 30 * MS))
-            await until(lambda: b.queued_requests == 1)
-        finally:
-            b_module.DEADLINE_TIMER_HORIZON_NS = horizon
+        staged = asyncio.create_task(b.submit({"x": x(1, 5.0)}, rows=1, deadline_ns=time.monotonic_ns() + 30 * MS))
+        await until(lambda: b.queued_requests == 1)
         await asyncio.sleep(0.08)
         assert not staged.done()
         runner.release.set()

@@ -830,8 +830,8 @@ class DynamicBatcher:
 
 def _still_wanted(item: Pending, now: int) -> bool:
     """On a worker thread, as a staged request starts: its caller is there, its deadline and queue
-    timeout (REJECT) have not passed. (Reads the loop's future: a caller leaving right after this
-    is a run `_abandoned` can stop.)"""
+    timeout (REJECT) have not passed. (Reads the loop's future, under the instance's lock; a caller
+    that leaves after this costs the run, which `_abandoned` stops once the loop knows it runs.)"""
     return (
         not item.future.done()
         and (item.deadline_ns is None or now < item.deadline_ns)
