@@ -255,6 +255,46 @@ def test_with_two_instances_busy_each_gets_a_request_staged_behind_it() -> None:
     run(main)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_without_dynamic_batching_survivors_get_their_own_answer_and_nothing_dead_runs(seed: int) -> None:
+    rng = random.Random(seed)
+    runners = [Runner(hold=True), Runner(hold=True)]
+
+    async def main() -> None:
+        b = DynamicBatcher("m_1", runners, BatchPolicy(max_batch_size=8, dynamic=False))
+        b.start()
+        blockers = [submit(b, -1.0), submit(b, -2.0)]
+        for r in runners:
+            await r.wait_entered()
+        kinds = [rng.choice(["live", "live", "live", "cancel", "deadline"]) for _ in range(60)]
+        tasks = []
+        for i, kind in enumerate(kinds):
+            deadline = time.monotonic_ns() + 30 * MS if kind == "deadline" else None
+            tasks.append(asyncio.create_task(b.submit({"x": x(1, float(i))}, rows=1, deadline_ns=deadline)))
+            if rng.random() < 0.3:
+                await asyncio.sleep(0)  # some staged at once, some queued behind them
+        await asyncio.sleep(0)  # every submit has run up to its wait: staged (one per instance) or queued
+        for kind, task in zip(kinds, tasks, strict=True):
+            if kind == "cancel":
+                task.cancel()
+        await asyncio.sleep(0.08)  # the deadlines pass while every instance is still busy
+        for r in runners:
+            r.release.set()
+        outcomes = await asyncio.gather(*blockers, *tasks, return_exceptions=True)
+        await b.close()
+        for i, (kind, outcome) in enumerate(zip(kinds, outcomes[2:], strict=True)):
+            if kind == "live":
+                np.testing.assert_array_equal(outcome.outputs["y"], x(1, float(i)) * 2)
+            elif kind == "cancel":
+                assert isinstance(outcome, asyncio.CancelledError)
+            else:
+                assert isinstance(outcome, DeadlineExceededError)
+        computed = sorted(float(call["x"][0, 0]) for r in runners for call in r.calls[1:])
+        assert computed == [float(i) for i, kind in enumerate(kinds) if kind == "live"]
+
+    run(main)
+
+
 def test_a_request_of_a_higher_priority_waits_behind_the_staged_request_only() -> None:
     async def main() -> None:
         b, runner, blocker = await held(BatchPolicy(max_batch_size=8, dynamic=False, priority_levels=2))
