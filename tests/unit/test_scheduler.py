@@ -635,6 +635,89 @@ def test_a_queued_request_that_would_be_answered_after_the_target_is_never_compu
     run(main)
 
 
+async def latency_target_held(runner: Runner) -> tuple[DynamicBatcher, asyncio.Task[Any]]:
+    """A started latency-target batcher (50 ms, a cost model of 1 ms a row: cap 8) busy with a blocker."""
+    b = DynamicBatcher("m_1", [runner], BatchPolicy(max_batch_size=8, latency_target_ms=50))
+    for rows in (1, 2, 4, 8):
+        b.observe_cost(rows, rows * MS)
+    b.start()
+    blocker = asyncio.create_task(b.submit({"x": x(1, -1.0)}, rows=1))
+    await runner.wait_entered()
+    return b, blocker
+
+
+def test_latency_target_arrivals_while_busy_join_one_staged_batch_that_runs_without_the_loop() -> None:
+    async def main() -> None:
+        calls = threading.Semaphore(0)
+        runner = Runner(lambda feeds: (calls.release(), {"y": feeds["x"] * 2})[1], hold=True)
+        b, blocker = await latency_target_held(runner)
+        tasks = [submit(b, float(v)) for v in (1.0, 2.0, 3.0)]
+        await until(lambda: b.queued_requests == 3)
+        assert (b.running_batches, b.queued_rows) == (1, 3)
+        runner.release.set()
+        # The event loop stays blocked here: the staged batch runs all the same, handed over already.
+        assert calls.acquire(timeout=WAIT_S) and calls.acquire(timeout=WAIT_S), "the staged batch waited for the loop"
+        await asyncio.gather(blocker, *tasks)
+        await b.close()
+        assert runner.rows == [1, 3]
+        for value, task in zip((1.0, 2.0, 3.0), tasks, strict=True):
+            np.testing.assert_array_equal(task.result().outputs["y"], x(1, value) * 2)
+
+    run(main)
+
+
+def test_latency_target_a_staged_batch_runs_without_the_requests_whose_callers_left() -> None:
+    async def main() -> None:
+        runner = Runner(hold=True)
+        b, blocker = await latency_target_held(runner)
+        tasks = [submit(b, float(v)) for v in (1.0, 2.0, 3.0)]
+        await until(lambda: b.queued_requests == 3)
+        tasks[1].cancel()
+        runner.release.set()
+        outcomes = await asyncio.gather(blocker, *tasks, return_exceptions=True)
+        await b.close()
+        assert isinstance(outcomes[2], asyncio.CancelledError)
+        assert first_values(runner) == [1.0] and runner.rows == [1, 2]  # 2.0 never computed
+
+    run(main)
+
+
+def test_latency_target_a_request_past_the_staged_batchs_cap_is_queued_for_the_next() -> None:
+    async def main() -> None:
+        runner = Runner(hold=True)
+        b, blocker = await latency_target_held(runner)
+        tasks = [asyncio.create_task(b.submit({"x": x(3, float(v))}, rows=3)) for v in (10, 20, 30)]
+        await until(lambda: b.queued_requests == 3)  # 3 + 3 rows staged; 3 more would pass the cap of 8
+        runner.release.set()
+        await asyncio.gather(blocker, *tasks)
+        await b.close()
+        assert runner.rows == [1, 6, 3]
+
+    run(main)
+
+
+def test_latency_target_admission_counts_the_staged_rows_ahead() -> None:
+    async def main() -> None:
+        runner = Runner(hold=True)
+        b = DynamicBatcher("m_1", [runner], BatchPolicy(max_batch_size=8, latency_target_ms=50))
+        for rows in (1, 2, 4, 8):
+            b.observe_cost(rows, 10 * rows * MS)  # 10 ms a row: cap 1, admitted within 40 ms
+        b.start()
+        blocker = asyncio.create_task(b.submit({"x": x(1, -1.0)}, rows=1))
+        await runner.wait_entered()
+        # Estimates 15, 25 and 35 ms (half the running batch, then one 10 ms batch per row ahead and its own).
+        admitted = [submit(b, float(v)) for v in (1.0, 2.0, 3.0)]
+        await until(lambda: b.queued_requests == 3)
+        with pytest.raises(LatencyTargetError, match="would take about 45.0 ms"):
+            await b.submit({"x": x(1, 4.0)}, rows=1)  # 1 staged + 2 queued rows ahead
+        runner.release.set()
+        await asyncio.gather(blocker, *admitted)
+        await b.close()
+        assert first_values(runner) == [1.0, 2.0, 3.0]
+
+    run(main)
+
+
 def test_a_batch_too_slow_for_the_target_by_itself_still_runs() -> None:
     """No wait made it late: it runs as fast as it can, as admission lets it (nothing ahead, instance free)."""
 

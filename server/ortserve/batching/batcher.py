@@ -42,9 +42,15 @@ than STAGE_AHEAD_NS of its measured compute; at least one). The worker so goes
 from one request to the next without a round trip through the event loop, as an executor's thread
 would. A staged request has left the queue (a request of a higher priority arriving later runs
 after it, as after a request that has started); the worker checks before it runs it that its
-caller is still there, and its deadline and queue timeout (REJECT) have not passed. Batching
-policies do not stage: a batch formed early would hold fewer rows than one formed as the instance
-frees. If the batcher task dies, every waiter fails instead of hanging.
+caller is still there, and its deadline and queue timeout (REJECT) have not passed. Greedy
+batching does not stage: the next free instance takes as many rows as fit, and a batch formed
+early would hold fewer. The latency-target mode, which chooses its batch sizes itself, stages
+batches: while every instance is busy and nothing is queued, an arrival joins the batch staged
+behind a running one (before its worker begins it, up to the controller's cap) or starts one, and
+each completion stages the next batch from the queue (`_stage_from_queue`); as a staged batch
+begins, its worker drops the requests no longer wanted or that it would answer after the target
+(`_prune`), which the loop then fails. If the batcher task dies, every waiter fails instead of
+hanging.
 """
 
 from __future__ import annotations
@@ -186,16 +192,16 @@ class DynamicBatcher:
         self._jobs: list[queue.SimpleQueue[_Job | None]] = []
         self._threads: list[threading.Thread] = []
         self._running = 0  # batches handed to the workers: executing, or staged behind one
-        self._running_requests = 0
         self._batches: list[_Job | None] = [None] * len(self._instances)
         """Per instance, the batch it runs now (None when free)."""
         self._staged: list[deque[_Job]] = [deque() for _ in self._instances]
         """Per instance, the requests handed to its worker to run after the current one, in order (no
         batching only: module docstring)."""
-        self._staged_requests = self._staged_rows = 0
         self._run_ns = [float(STAGE_AHEAD_NS)] * len(self._instances)
         """Per instance, a running mean of its runs' compute time (what a staged request waits per request ahead)."""
         self._stage = not self._batching
+        self._stage_batches = self._controller is not None and not self._delay_ns
+        """Latency-target mode: arrivals while every instance is busy join an open staged batch (module docstring)."""
         self._seq = 0
         self.batches_rerun = 0
         """Batches run again in parts after their run failed (execution.py), since start."""
@@ -210,12 +216,15 @@ class DynamicBatcher:
     @property
     def queued_requests(self) -> int:
         """Requests waiting: in the queue, or staged behind a running one (not yet in a batch that started)."""
-        return self._queue.requests + self._staged_requests
+        return self._queue.requests + sum(len(job[1]) for staged in self._staged for job in staged)
 
     @property
     def queued_rows(self) -> int:
         """Rows of the waiting requests (as queued_requests counts them)."""
-        return self._queue.rows + self._staged_rows
+        return self._queue.rows + self._staged_rows()
+
+    def _staged_rows(self) -> int:
+        return sum(item.rows for staged in self._staged for job in staged for item in job[1])
 
     @property
     def running_batches(self) -> int:
@@ -225,7 +234,7 @@ class DynamicBatcher:
     @property
     def running_requests(self) -> int:
         """Requests in the batches executing now."""
-        return self._running_requests
+        return sum(len(job[1]) for job in self._batches if job is not None)
 
     @property
     def instances(self) -> int:
@@ -324,11 +333,14 @@ class DynamicBatcher:
         if alone:
             self._launch(self._free.pop(), [item], now)
         elif self._stage and not (self._queue.requests or self._delay_ns) and (busy := self._stage_room()) >= 0:
-            if timeout_us or self._queue_timeouts:  # checked as it starts; the action DELAY has nobody to let by
-                policy = self.policy.queue_policy(level)
-                if not policy.delay_on_timeout and (queue_timeout_us := self._queue_timeout_us(level, timeout_us)):
-                    item.reject_ns = now + queue_timeout_us * 1000
+            self._set_reject(item, timeout_us, now)
             self._launch(busy, [item], now, staged=True)
+        elif (
+            self._stage_batches
+            and not (self._queue.requests or self._forming or self._free)
+            and self._join_staged(item, timeout_us, now)
+        ):
+            pass
         else:
             self._queue.push(item)  # QueueFullError when the level is full
             if timeout_us or self._queue_timeouts or (
@@ -403,6 +415,8 @@ class DynamicBatcher:
         if not controller.ready:
             return
         ahead = self._queue.rows_ahead(level) + sum(item.rows for item in self._forming)
+        if self._stage_batches:
+            ahead += self._staged_rows()
         estimate = controller.estimate_ns(ahead, rows, self._running)
         if deadline_ns is not None and now + estimate > deadline_ns:
             raise DeadlineExceededError(
@@ -536,14 +550,11 @@ class DynamicBatcher:
         job = (instance, live, now, self._seq, staged)
         if staged:
             self._staged[instance].append(job)
-            self._staged_requests += len(live)
-            self._staged_rows += sum(item.rows for item in live)
             for item in live:
                 item.staged = (instance, self._seq)
                 self._arm_staged_timer(item, now)
         else:
             self._batches[instance] = job
-            self._running_requests += len(live)
         self._jobs[instance].put(job)
 
     def _arm_staged_timer(self, item: Pending, now: int) -> None:
@@ -564,6 +575,56 @@ class DynamicBatcher:
         instance, seq = item.staged
         if not item.future.done():
             self._instances[instance].unless_begun(seq, partial(self._fail_expired, item, why))
+
+    def _set_reject(self, item: Pending, timeout_us: int, now: int) -> None:
+        """A request about to be staged: when its REJECT queue timeout passes (checked as it starts; the
+        action DELAY has nobody to let by)."""
+        if timeout_us or self._queue_timeouts:
+            policy = self.policy.queue_policy(item.level)
+            if not policy.delay_on_timeout and (queue_timeout_us := self._queue_timeout_us(item.level, timeout_us)):
+                item.reject_ns = now + queue_timeout_us * 1000
+
+    def _join_staged(self, item: Pending, timeout_us: int, now: int) -> bool:
+        """Latency-target mode, every instance busy and nothing queued: add `item` to a busy instance's
+        staged batch while its worker has not begun it and it has room (the controller's cap, same
+        non-batch dims), or stage it as a new batch behind an instance that has none. False: queue it."""
+        controller = self._controller
+        assert controller is not None
+        cap = controller.batch_cap()
+        for instance, staged in enumerate(self._staged):
+            if self._batches[instance] is None:
+                continue
+            if not staged:
+                self._set_reject(item, timeout_us, now)
+                self._launch(instance, [item], now, staged=True)
+                return True
+            job = staged[-1]
+            live = job[1]
+            if live[0].key != item.key or sum(other.rows for other in live) + item.rows > cap:
+                continue
+            self._set_reject(item, timeout_us, now)
+            if self._instances[instance].unless_begun(job[3], partial(live.append, item)):
+                item.staged = (instance, job[3])
+                self._arm_staged_timer(item, now)
+                return True
+            item.reject_ns = None
+        return False
+
+    def _stage_from_queue(self, instance: int, now: int, running: _Job) -> None:
+        """Latency-target mode, as instance `instance` goes on to its staged batch `running`: stage the
+        next batch from the queue (up to the controller's cap), without the requests it would answer
+        after the target once `running` is done (`_shed_late`)."""
+        controller = self._controller
+        assert controller is not None
+        first = self._next_queued(now)
+        if first is None:
+            return
+        batch = [first]
+        self._queue.take_compatible(batch, first.rows, controller.batch_cap())
+        start = now + int(controller.cost.predict(sum(item.rows for item in running[1])))
+        live = self._shed_late(batch, start, controller)
+        if live:
+            self._launch(instance, live, now, staged=True)
 
     def _stage_room(self) -> int:
         """The busy instance with the least staged behind its batch, if that is under STAGE_AHEAD_NS; else -1."""
@@ -673,36 +734,35 @@ class DynamicBatcher:
             began = monotonic_ns()
             done: Done | BaseException | None = None
             stopped = False
-            # A staged request is checked as it starts (under the lock `_withdraw` takes too).
-            if execution.begin(job[3], partial(_still_wanted, job[1][0], began) if job[4] else None):
+            dropped: list[Pending] = []
+            # A staged batch's requests are checked as it starts (under the lock `_withdraw` takes too).
+            if execution.begin(job[3], partial(self._prune, job[1], dropped, began) if job[4] else None):
                 done = execution.execute(job[1], began)
                 stopped = execution.end()
             try:
-                loop.call_soon_threadsafe(self._complete, job, done, stopped)
+                loop.call_soon_threadsafe(self._complete, job, done, stopped, dropped)
             except RuntimeError:  # the loop closed during shutdown: nobody is waiting any more
                 return
 
-    def _complete(self, job: _Job, done: Done | BaseException | None, stopped: bool) -> None:
+    def _complete(
+        self, job: _Job, done: Done | BaseException | None, stopped: bool, dropped: Sequence[Pending] = ()
+    ) -> None:
         """On the loop: hand each request its slice (or the error), report, free the instance.
 
-        `done` None: a staged request not run (its caller went away, or its deadline or queue
-        timeout passed while it was staged); `stopped`: the batch was stopped (`_abandoned`)."""
+        `dropped`: requests of a staged batch its worker did not run (`_prune`); `done` None: none of
+        it ran; `stopped`: the batch was stopped (`_abandoned`)."""
         instance, live, started = job[0], job[1], job[2]
         finished = monotonic_ns()
         total = sum(item.rows for item in live)
         contexts = [item.context for item in live]
         self._running -= 1
-        self._running_requests -= len(live)
         staged = self._staged[instance]
         following = staged.popleft() if staged else None  # the worker has gone on to it
-        if following is not None:
-            self._staged_requests -= len(following[1])
-            self._staged_rows -= sum(item.rows for item in following[1])
-            self._running_requests += len(following[1])
         self._batches[instance] = following
         try:
+            for item in dropped:
+                self._fail_unrun(item, finished)
             if done is None:
-                self._fail_unrun(live[0], finished)
                 return
             if isinstance(done, BaseException):
                 if stopped:  # every caller had gone: that, not the run, ended it
@@ -717,6 +777,8 @@ class DynamicBatcher:
                 self._report(BatchReport(self.name, total, started, finished, error=error, contexts=contexts))
                 return
             parts, began, input_ns, infer_ns, output_ns, reruns = done
+            if job[4]:  # staged: handed over before the batch ahead of it ended; its run began at `began`
+                started = began
             if self._stage:
                 self._run_ns[instance] += 0.1 * (input_ns + infer_ns + output_ns - self._run_ns[instance])
             failed = sum(1 for part in parts if isinstance(part, Exception)) if reruns else 0
@@ -770,6 +832,8 @@ class DynamicBatcher:
                 )
             )
         finally:
+            if self._stage_batches and following is not None and not staged and self._queue.requests:
+                self._stage_from_queue(instance, finished, following)
             if self._stage and self._queue.requests:
                 if following is None and (queued := self._next_queued(finished)) is not None:
                     self._launch(instance, [queued], finished)
@@ -788,11 +852,39 @@ class DynamicBatcher:
 
     def _fail_unrun(self, item: Pending, now: int) -> None:
         """A staged request the worker did not run: fail it by its deadline or queue timeout (unless its
-        timer did, or its caller went away)."""
+        timer did, or its caller went away), or as late for the latency target (`_prune`)."""
         if item.future.done() or self._past_deadline(item, now):
             return
-        assert item.reject_ns is not None
-        self._fail_expired(item, f" (its queue timeout of {(item.reject_ns - item.enqueued_ns) / 1e6:g} ms)")
+        if item.reject_ns is not None and now >= item.reject_ns:
+            self._fail_expired(item, f" (its queue timeout of {(item.reject_ns - item.enqueued_ns) / 1e6:g} ms)")
+            return
+        controller = self._controller
+        assert controller is not None
+        retry_ms = max(round(controller.refused_late(now) / 1e6), 1)
+        item.future.set_exception(
+            LatencyTargetError(
+                f"model {self.name}: overloaded: the request waited {(now - item.enqueued_ns) / 1e6:.1f} ms and would "
+                f"be answered after the latency target of {self.policy.latency_target_ms:g} ms; not computed; "
+                f"retry after {retry_ms} ms (trailing metadata retry-after-ms) or on another replica",
+                retry_after_ms=retry_ms,
+            )
+        )
+
+    def _prune(self, live: list[Pending], dropped: list[Pending], now: int) -> bool:
+        """On the worker, under the instance's lock, as a staged batch begins: move the requests no longer
+        wanted (`_still_wanted`; in latency-target mode also those the batch would answer after the
+        target, as `_shed_late`) from `live` to `dropped`; whether any is left to run."""
+        keep = [item for item in live if _still_wanted(item, now)]
+        controller = self._controller
+        if controller is not None and controller.ready and keep:
+            # Reads the cost model's numbers while the loop may update them: an estimate either way.
+            run_ns = controller.cost.predict(sum(item.rows for item in keep))
+            if run_ns < controller.target_ns:
+                keep = [item for item in keep if now + run_ns - item.enqueued_ns <= controller.target_ns]
+        if len(keep) != len(live):
+            dropped.extend(item for item in live if not any(item is kept for kept in keep))
+            live[:] = keep
+        return bool(keep)
 
     def _report(self, report: BatchReport) -> None:
         if self._on_batch is None:
@@ -819,7 +911,7 @@ class DynamicBatcher:
             self._fail_all(InternalError(f"model {self.name}: the batcher stopped: {exc}"))
 
     def _fail_all(self, error: OrtserveError) -> None:
-        # Staged requests too: their worker skips a request whose future is done.
+        # Staged requests too: their worker skips requests whose future is done.
         staged = [item for jobs in self._staged for job in jobs for item in job[1]]
         stranded = [*self._forming, *self._queue.drain(), *staged]
         self._forming = []
