@@ -734,9 +734,10 @@ class DynamicBatcher:
             began = monotonic_ns()
             done: Done | BaseException | None = None
             stopped = False
-            dropped: list[Pending] = []
             # A staged batch's requests are checked as it starts (under the lock `_withdraw` takes too).
-            if execution.begin(job[3], partial(self._prune, job[1], dropped, began) if job[4] else None):
+            dropped: list[Pending] = []
+            wanted = partial(self._prune, job[1], dropped, began) if job[4] else None
+            if execution.begin(job[3], wanted):
                 done = execution.execute(job[1], began)
                 stopped = execution.end()
             try:
@@ -874,15 +875,18 @@ class DynamicBatcher:
         """On the worker, under the instance's lock, as a staged batch begins: move the requests no longer
         wanted (`_still_wanted`; in latency-target mode also those the batch would answer after the
         target, as `_shed_late`) from `live` to `dropped`; whether any is left to run."""
-        keep = [item for item in live if _still_wanted(item, now)]
+        keep: list[Pending] = []
+        for item in live:
+            (keep if _still_wanted(item, now) else dropped).append(item)
         controller = self._controller
         if controller is not None and controller.ready and keep:
             # Reads the cost model's numbers while the loop may update them: an estimate either way.
             run_ns = controller.cost.predict(sum(item.rows for item in keep))
             if run_ns < controller.target_ns:
-                keep = [item for item in keep if now + run_ns - item.enqueued_ns <= controller.target_ns]
+                late_ns = controller.target_ns - run_ns
+                dropped.extend(item for item in keep if now - item.enqueued_ns > late_ns)
+                keep = [item for item in keep if now - item.enqueued_ns <= late_ns]
         if len(keep) != len(live):
-            dropped.extend(item for item in live if not any(item is kept for kept in keep))
             live[:] = keep
         return bool(keep)
 
