@@ -20,6 +20,8 @@ import pytest
 
 import ortserve.batching.batcher as batcher_module
 from ortserve.batching import BatchPolicy, BatchReport, BatchResult, DynamicBatcher
+from ortserve.batching.execution import RERUN_BUDGET, InstanceExecution
+from ortserve.batching.queue import Pending
 from ortserve.errors import (
     DeadlineExceededError,
     InternalError,
@@ -802,6 +804,99 @@ def test_a_batch_every_request_of_which_fails_alone_fails_each_with_its_own_erro
         assert [r.error is not None for r in reports] == [True, True]  # the blocker's batch and the three's
 
     run(main)
+
+
+def pending(value: Array) -> Pending:
+    """A request as the batcher hands it to an instance (only its inputs and rows are read there)."""
+    return Pending({"x": value}, len(value), (value.shape[1:],), None, 0, None, 1, None, [])  # type: ignore[arg-type]
+
+
+def test_reruns_are_paid_from_a_budget_that_the_answered_requests_refill() -> None:
+    """A model that fails everything has its first failed batches rerun in parts (2n - 2 runs each)
+    until the budget is spent; then a batch costs one run and fails whole. Answers refill it."""
+    broken = True
+
+    def model(feeds: Feeds) -> dict[str, Array]:
+        if broken:
+            raise RuntimeError("the device is in an error state")
+        return double(feeds)
+
+    runner = Runner(model)
+    execution = InstanceExecution("m_1", runner, ())
+    batch = [pending(x(1, float(i))) for i in range(8)]
+    for spent in (14, 28, 42, 56):  # four batches of 8: 1 run + 14 reruns each
+        done = execution.execute(batch, 0)
+        assert not isinstance(done, BaseException)
+        parts, reruns, unsettled = done[0], done[5], done[6]
+        assert reruns == 14 and unsettled == 0
+        assert all(isinstance(p, RuntimeError) for p in parts)
+        assert execution.rerun_budget == RERUN_BUDGET - spent
+    # The fifth runs out half-way: the first half is split down to single requests (7 reruns), then
+    # the second half's failure is the last rerun; its two quarters fail with it, unrun.
+    before = len(runner.calls)
+    done = execution.execute(batch, 0)
+    assert not isinstance(done, BaseException)
+    assert done[5] == 8 and done[6] == 4 and execution.rerun_budget == 0
+    assert len(runner.calls) - before == 1 + 8
+    assert all(isinstance(p, RuntimeError) for p in done[0])
+    # From now on a failed batch costs its one run.
+    for _ in range(3):
+        before = len(runner.calls)
+        failed = execution.execute(batch, 0)
+        assert isinstance(failed, RuntimeError) and len(runner.calls) - before == 1
+    # The model works again: each answered request gives one rerun back, up to the budget.
+    broken = False
+    done = execution.execute(batch, 0)
+    assert not isinstance(done, BaseException) and done[5] == 0 and execution.rerun_budget == 8
+    for _ in range(10):
+        execution.execute(batch, 0)
+    assert execution.rerun_budget == RERUN_BUDGET
+
+
+def test_a_bad_request_among_good_traffic_never_spends_the_rerun_budget() -> None:
+    """Batch after batch with one poisoned request: each costs 2 log2(n) reruns and answers n - 1,
+    so every good request is answered every time, however long it goes on."""
+    runner = Runner(poisoned)
+    execution = InstanceExecution("m_1", runner, ())
+    for round_ in range(200):
+        bad = round_ % 8
+        values = [x(1, 666.0) if i == bad else x(1, 10.0 * i + 1) for i in range(8)]
+        done = execution.execute([pending(v) for v in values], 0)
+        assert not isinstance(done, BaseException)
+        assert done[5] == 6 and done[6] == 0
+        for i, (value, part) in enumerate(zip(values, done[0], strict=True)):
+            if i == bad:
+                assert isinstance(part, RuntimeError) and "choked" in str(part)
+            else:
+                assert isinstance(part, dict)
+                np.testing.assert_array_equal(part["y"], value * 2)
+    assert execution.rerun_budget >= RERUN_BUDGET - 6  # spent and given back within each batch
+
+
+def test_a_model_that_fails_everything_costs_a_bounded_number_of_reruns(caplog: pytest.LogCaptureFixture) -> None:
+    """Through the batcher: 200 requests to a model that fails every run, batched as they queue
+    behind its slow failures: every caller gets the error, and the runs beyond one per batch are at
+    most the rerun budget (without it: up to 2n - 2 more for every batch of n)."""
+
+    async def main() -> None:
+        def broken(feeds: Feeds) -> dict[str, Array]:
+            time.sleep(0.002)
+            raise RuntimeError("the device is in an error state")
+
+        runner = Runner(broken)
+        reports: list[BatchReport] = []
+        b = make_batcher("m_1", [runner], max_batch_size=8, on_batch=reports.append)
+        b.start()
+        outcomes = await asyncio.gather(*(submit(b, x(1, float(i))) for i in range(200)), return_exceptions=True)
+        await b.close()
+        assert all(isinstance(o, InternalError) and "error state" in str(o) for o in outcomes)
+        assert sum(r.rows for r in reports) == 200
+        assert len(reports) < 100  # they did queue and batch
+        assert len(runner.calls) <= len(reports) + RERUN_BUDGET
+
+    with caplog.at_level("WARNING", logger="ortserve.batching"):
+        run(main)
+    assert sum("rerun budget is spent" in r.getMessage() for r in caplog.records) == 1  # once, not per batch
 
 
 class StoppableRunner:

@@ -777,7 +777,7 @@ class DynamicBatcher:
                         item.future.set_exception(type(error)(str(error)))
                 self._report(BatchReport(self.name, total, started, finished, error=error, contexts=contexts))
                 return
-            parts, began, input_ns, infer_ns, output_ns, reruns = done
+            parts, began, input_ns, infer_ns, output_ns, reruns, unsettled = done
             if job[4]:  # staged: handed over before the batch ahead of it ended; its run began at `began`
                 started = began
             if self._stage:
@@ -812,11 +812,12 @@ class DynamicBatcher:
                 rejected = all(isinstance(p, InvalidInputError) for p in failures)
                 log.log(
                     logging.INFO if rejected else logging.ERROR,
-                    "model %s: a batch of %d requests failed; rerun in parts, %d of them failed on their own "
+                    "model %s: a batch of %d requests failed; rerun in parts, %d of them failed on their own%s "
                     "and the others were answered",
                     self.name,
                     len(live),
-                    failed,
+                    failed - unsettled,
+                    f", {unsettled} with the part they were in (the rerun budget ran out)" if unsettled else "",
                     exc_info=unexpected,
                 )
             self._report(

@@ -11,7 +11,10 @@ that only the requests that fail on their own fail: one request whose values the
 (an index out of a table's range, a value a custom op rejects) would otherwise fail every request
 batched with it, each of which would have been answered alone. That costs at most 2n - 2 more runs
 for a batch of n, each at the instance's current batch shape when it holds the part (a change of
-shape is what costs on CUDA).
+shape is what costs on CUDA). The reruns are paid from a budget (RERUN_BUDGET) that the requests the
+instance answers refill, so that a model that fails whatever it is given (a broken custom op, a
+device in an error state) costs one run a batch, not up to 2n - 1, once its first failed batches
+have spent it.
 
 A run every caller of which has gone away (cancelled, or past its gRPC deadline) is stopped when the
 instance can (`Stoppable`: ONNX Runtime's terminate flag, checked between nodes), so that the
@@ -42,10 +45,19 @@ Runner = Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
 Part = dict[str, np.ndarray] | Exception
 """One request's outcome in a batch: its outputs, or (after a failed batch was rerun in parts) its own error."""
 
-Done = tuple[list[Part], int, int, int, int, int]
+Done = tuple[list[Part], int, int, int, int, int, int]
 """(per-request outcomes, when the worker began the batch (monotonic ns), compute input/infer/output ns,
-how many runs were made again in parts after the batch's own run failed: 0 for a batch that just ran):
+how many runs were made again in parts after the batch's own run failed: 0 for a batch that just ran,
+how many of its requests failed with a part they shared because the rerun budget was spent):
 what an instance hands back for a batch that ran."""
+
+RERUN_BUDGET = 64
+"""The most runs an instance may spend rerunning failed batches in parts ahead of what it answers:
+every request it answers gives one back (up to this many), every rerun of a part takes one. With a
+model that works, answered requests keep it full (a batch of n with one bad request costs about
+2 log2(n) reruns and answers n - 1); with one that fails everything, a batch costs one run once the
+first failed batches (at most 2n - 2 reruns each) have spent it, and each of its requests fails with
+the batch's error."""
 
 
 class Stoppable(Protocol):
@@ -76,7 +88,19 @@ class InstanceExecution:
     stop reaches only the batch it names and a request is withdrawn only before its run begins.
     """
 
-    __slots__ = ("name", "runner", "buffers", "planner", "stopper", "stopped", "_running", "_begun", "_lock")
+    __slots__ = (
+        "name",
+        "runner",
+        "buffers",
+        "planner",
+        "stopper",
+        "stopped",
+        "rerun_budget",
+        "_spent_logged",
+        "_running",
+        "_begun",
+        "_lock",
+    )
 
     def __init__(self, name: str, runner: Runner, shapes: tuple[int, ...], stopper: Stoppable | None = None) -> None:
         self.name = name
@@ -87,6 +111,9 @@ class InstanceExecution:
         self.stopper = stopper
         self.stopped = False
         """Set (by `stop`) when every caller of the batch in progress went away; the worker reads it."""
+        self.rerun_budget = RERUN_BUDGET
+        """Reruns of failed batches' parts this instance may still make (RERUN_BUDGET; the worker's)."""
+        self._spent_logged = False
         self._running: int | None = None
         """The sequence number of the batch the worker runs now (between `begin` and `end`)."""
         self._begun = 0
@@ -141,6 +168,15 @@ class InstanceExecution:
         except RunFailed as failed:  # the model's run itself failed: maybe on one request's values
             if len(live) == 1:
                 return failed.error
+            if self.rerun_budget < 1:
+                if not self._spent_logged:  # once until the budget is full again
+                    self._spent_logged = True
+                    log.warning(
+                        "model %s: failed batches are not rerun in parts for now: the instance's rerun budget "
+                        "is spent (its runs failed more than it answered); it refills as the instance answers",
+                        self.name,
+                    )
+                return failed.error
             try:
                 return self.isolate(live, began, failed.error)
             except BaseException as again:  # noqa: BLE001 - a fault of the rerun itself: fail the batch
@@ -148,7 +184,8 @@ class InstanceExecution:
                 return failed.error
         except BaseException as exc:  # noqa: BLE001 - handed to the batch's waiters
             return exc
-        return cast(list[Part], parts), began, input_ns, infer_ns, output_ns, 0
+        self._earn(len(live))
+        return cast(list[Part], parts), began, input_ns, infer_ns, output_ns, 0, 0
 
     def run(
         self, live: Sequence[Pending], padded: int, observe: bool = True
@@ -173,10 +210,18 @@ class InstanceExecution:
         t3 = perf_counter_ns()
         return parts, t1 - t0, t2 - t1, t3 - t2
 
+    def _earn(self, answered: int) -> None:
+        """`answered` requests were answered: as many reruns back, up to the budget."""
+        if self.rerun_budget < RERUN_BUDGET:
+            self.rerun_budget = min(RERUN_BUDGET, self.rerun_budget + answered)
+            if self.rerun_budget == RERUN_BUDGET:
+                self._spent_logged = False
+
     def isolate(self, live: Sequence[Pending], began: int, error: Exception) -> Done:
         """The run of `live` (several requests) failed with `error`: run it again in halves,
         recursively, until every request has outputs from a part that ran or its own error from
-        running alone (or `error`, if the batch is stopped meanwhile).
+        running alone (or `error`, if the batch is stopped meanwhile; or the error of the part it was
+        in, once the rerun budget is spent).
 
         The parts teach the planner nothing (they are not the batches the batcher forms); the times
         returned are the parts that ran."""
@@ -184,12 +229,18 @@ class InstanceExecution:
         parts: list[Part | None] = [None] * len(live)
         times = [0, 0, 0]
         runs = [0]
+        unsettled = [0]
 
-        def settle(lo: int, hi: int) -> None:  # live[lo:hi] failed together
+        def settle(lo: int, hi: int, failure: Exception) -> None:  # live[lo:hi] failed together with `failure`
             mid = (lo + hi) // 2
             for a, b in ((lo, mid), (mid, hi)):
                 if self.stopped:  # every caller went away meanwhile
                     return
+                if self.rerun_budget < 1:  # spent: the part fails as the group it was in did
+                    parts[a:b] = [failure] * (b - a)
+                    unsettled[0] += b - a
+                    continue
+                self.rerun_budget -= 1
                 group = live[a:b]
                 runs[0] += 1
                 try:
@@ -200,13 +251,14 @@ class InstanceExecution:
                     if b - a == 1:
                         parts[a] = failed.error
                     else:
-                        settle(a, b)
+                        settle(a, b, failed.error)
                     continue
                 parts[a:b] = got
+                self._earn(b - a)
                 times[0] += input_ns
                 times[1] += infer_ns
                 times[2] += output_ns
 
-        settle(0, len(live))
+        settle(0, len(live), error)
         outcomes = [error if part is None else part for part in parts]
-        return outcomes, began, times[0], times[1], times[2], max(runs[0], 1)
+        return outcomes, began, times[0], times[1], times[2], max(runs[0], 1), unsettled[0]
