@@ -60,6 +60,11 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     write_config(
         repo, "lookup_batched", "max_batch_size: 8\ndynamic_batching { max_queue_delay_microseconds: 300000 }\n"
     )
+    # The same, with its own instance's rerun budget to spend.
+    models.save(models.lookup(), repo, "lookup_budget")
+    write_config(
+        repo, "lookup_budget", "max_batch_size: 8\ndynamic_batching { max_queue_delay_microseconds: 300000 }\n"
+    )
     # Under a 50 ms latency target: once its cost model has seen ~60 ms batches, a request
     # queued behind a busy instance cannot make the target and is refused at once.
     models.save(sleeper(batchable=True), repo, "sleeper_target")
@@ -438,6 +443,45 @@ def test_a_request_the_model_fails_on_fails_alone_and_its_batch_mates_are_answer
     assert after.inference_stats.success.count == before.inference_stats.success.count + 3
     assert after.inference_stats.fail.count == before.inference_stats.fail.count + 1
     assert after.execution_count == before.execution_count + 1  # the four ran as one batch, rerun in parts
+    assert_still_serves(srv)
+
+
+def test_reruns_stop_once_a_model_fails_everything_and_resume_after_answers(srv: RunningServer) -> None:
+    """Batch after batch of indices out of the table: the first batches are rerun in parts until
+    the instance's rerun budget is spent, the later ones fail in their one run (still each caller
+    with INVALID_ARGUMENT); answered requests refill it, and a batch with one bad index is again
+    rerun so that only that request fails."""
+
+    def batch(indices: list[int]) -> list[grpc.Future]:  # eight at once: one full batch
+        return [
+            srv.stub.ModelInfer.future(
+                infer_request("lookup_budget", {"idx": np.array([[i]], np.int64)}, request_id=f"r{n}"), timeout=30
+            )
+            for n, i in enumerate(indices)
+        ]
+
+    def reruns() -> float:
+        found = srv.metrics.get_sample_value("ortserve_batches_rerun_total", {"model": "lookup_budget", "version": "1"})
+        return found or 0.0
+
+    counts = []
+    for _ in range(10):
+        for future in batch([99] * 8):
+            error = rpc_error(future.result)
+            assert error.code() is StatusCode.INVALID_ARGUMENT and "idx=99" in error.details()
+        counts.append(reruns())
+    assert 1 <= counts[0] and counts[6] <= 7  # rerun while the budget lasted (64 runs; 14 a batch of 8)
+    assert counts[6] == counts[9]  # then no more: a batch costs its one run
+    for _ in range(8):  # 64 answers give the budget back
+        for future in batch([0, 1, 2, 3, 0, 1, 2, 3]):
+            future.result()
+    futures = batch([0, 1, 2, 99, 3, 0, 1, 2])
+    for i, future in zip([0, 1, 2, 99, 3, 0, 1, 2], futures, strict=True):
+        if i == 99:
+            assert rpc_error(future.result).code() is StatusCode.INVALID_ARGUMENT
+        else:
+            assert outputs_of(future.result())["y"].tolist() == [[10.0 + i]]
+    assert reruns() == counts[9] + 1
     assert_still_serves(srv)
 
 
