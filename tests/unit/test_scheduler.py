@@ -696,6 +696,32 @@ def test_latency_target_a_request_past_the_staged_batchs_cap_is_queued_for_the_n
     run(main)
 
 
+def test_latency_target_staged_batches_keep_to_the_instances_batch_shape() -> None:
+    """Shapes (2, 4, 8) and a change of shape measured to cost 50 ms: the blocker ran at shape 2, so
+    of five arrivals two join the batch staged behind it, and of the three queued the next staged
+    batch takes two: every batch at shape 2, none of three rows padded to 4 (a change of shape)."""
+
+    async def main() -> None:
+        runner = Runner(hold=True)
+        b = DynamicBatcher("m_1", [runner], BatchPolicy(max_batch_size=8, latency_target_ms=50, batch_shapes=(2, 4, 8)))
+        for rows in (1, 2, 4, 8):
+            b.observe_cost(rows, rows * MS)  # the controller's cap: 8
+        for rows, ms in ((2, 1), (2, 1), (2, 1), (4, 2), (4, 2), (2, 51)):  # as the warm-up would
+            b.observe_run(0, rows, ms * MS)
+        b.start()
+        blocker = asyncio.create_task(b.submit({"x": x(1, -1.0)}, rows=1))
+        await runner.wait_entered()
+        tasks = [submit(b, float(v)) for v in (1.0, 2.0, 3.0, 4.0, 5.0)]
+        await until(lambda: b.queued_requests == 5)
+        runner.release.set()
+        await asyncio.gather(blocker, *tasks)
+        await b.close()
+        assert runner.rows == [2, 2, 2, 2]
+        assert [call["x"][:, 0].tolist() for call in runner.calls[1:]] == [[1.0, 2.0], [3.0, 4.0], [5.0, 5.0]]
+
+    run(main)
+
+
 def test_latency_target_admission_counts_the_staged_rows_ahead() -> None:
     async def main() -> None:
         runner = Runner(hold=True)

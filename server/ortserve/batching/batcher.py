@@ -586,8 +586,9 @@ class DynamicBatcher:
 
     def _join_staged(self, item: Pending, timeout_us: int, now: int) -> bool:
         """Latency-target mode, every instance busy and nothing queued: add `item` to a busy instance's
-        staged batch while its worker has not begun it and it has room (the controller's cap, same
-        non-batch dims), or stage it as a new batch behind an instance that has none. False: queue it."""
+        staged batch while its worker has not begun it and it has room (the controller's cap and the
+        instance's batch shape, same non-batch dims), or stage it as a new batch behind an instance that
+        has none. False: queue it."""
         controller = self._controller
         assert controller is not None
         cap = controller.batch_cap()
@@ -600,7 +601,8 @@ class DynamicBatcher:
                 return True
             job = staged[-1]
             live = job[1]
-            if live[0].key != item.key or sum(other.rows for other in live) + item.rows > cap:
+            rows = sum(other.rows for other in live) + item.rows
+            if live[0].key != item.key or rows > self._instances[instance].planner.cap(rows, cap):
                 continue
             self._set_reject(item, timeout_us, now)
             if self._instances[instance].unless_begun(job[3], partial(live.append, item)):
@@ -620,7 +622,8 @@ class DynamicBatcher:
         if first is None:
             return
         batch = [first]
-        self._queue.take_compatible(batch, first.rows, controller.batch_cap())
+        cap = self._instances[instance].planner.cap(first.rows + self._queue.rows, controller.batch_cap())
+        self._queue.take_compatible(batch, first.rows, cap)
         start = now + int(controller.cost.predict(sum(item.rows for item in running[1])))
         live = self._shed_late(batch, start, controller)
         if live:

@@ -39,8 +39,10 @@ class ShapePlanner:
     """One instance's batch shape: `cap` while its batch forms, `rows_for` before the run,
     `observe` after it.
 
-    Not thread-safe: one per instance, used by the batcher task only while the instance is idle
-    (`cap`) and by the instance's worker thread while its batch runs (and its warm-up before that).
+    One per instance, written only by the instance's worker thread (`rows_for`, `observe`, while its
+    batch runs, and its warm-up before that); the batcher task reads `cap` as a batch forms, also
+    while the instance runs the one before it (the latency-target mode's staged batches): plain
+    reads of numbers the worker may be updating, so an estimate at worst one batch old.
     """
 
     __slots__ = ("shapes", "current", "_last_run", "_run_ns", "_change_ns", "_waste_ns", "_needed")
