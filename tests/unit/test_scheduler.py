@@ -9,6 +9,7 @@ import random
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -32,10 +33,15 @@ from tests.unit.test_batcher import WAIT_S, Runner, StoppableRunner, run, until,
 MS = 1_000_000
 
 
-async def held(policy: BatchPolicy, runner: Runner | None = None) -> tuple[DynamicBatcher, Runner, asyncio.Task[Any]]:
-    """A started one-instance batcher whose instance is busy with a blocker at the top priority."""
+async def held(
+    policy: BatchPolicy, runner: Runner | None = None, prepare: Callable[[DynamicBatcher], None] | None = None
+) -> tuple[DynamicBatcher, Runner, asyncio.Task[Any]]:
+    """A started one-instance batcher whose instance is busy with a blocker at the top priority
+    (`prepare` sees it before it starts: to seed what the warm-up would have measured)."""
     runner = runner or Runner(hold=True)
     b = DynamicBatcher("m_1", [runner], policy)
+    if prepare is not None:
+        prepare(b)
     b.start()
     blocker = asyncio.create_task(b.submit({"x": x(1, -1.0)}, rows=1, priority=1 if policy.priority_levels else 0))
     await runner.wait_entered()
@@ -696,21 +702,26 @@ def test_latency_target_a_request_past_the_staged_batchs_cap_is_queued_for_the_n
     run(main)
 
 
+def seed_a_costly_change_of_shape(b: DynamicBatcher) -> None:
+    """Instance 0's planner as the warm-up of shapes (2, 4, 8) leaves it: 1 ms a run at 2 rows, 2 ms at
+    4, and a change of shape measured to cost 50 ms."""
+    for rows, ms in ((2, 1), (2, 1), (2, 1), (4, 2), (4, 2), (2, 51)):
+        b.observe_run(0, rows, ms * MS)
+
+
 def test_latency_target_staged_batches_keep_to_the_instances_batch_shape() -> None:
     """Shapes (2, 4, 8) and a change of shape measured to cost 50 ms: the blocker ran at shape 2, so
     of five arrivals two join the batch staged behind it, and of the three queued the next staged
     batch takes two: every batch at shape 2, none of three rows padded to 4 (a change of shape)."""
 
     async def main() -> None:
-        runner = Runner(hold=True)
-        b = DynamicBatcher("m_1", [runner], BatchPolicy(max_batch_size=8, latency_target_ms=50, batch_shapes=(2, 4, 8)))
-        for rows in (1, 2, 4, 8):
-            b.observe_cost(rows, rows * MS)  # the controller's cap: 8
-        for rows, ms in ((2, 1), (2, 1), (2, 1), (4, 2), (4, 2), (2, 51)):  # as the warm-up would
-            b.observe_run(0, rows, ms * MS)
-        b.start()
-        blocker = asyncio.create_task(b.submit({"x": x(1, -1.0)}, rows=1))
-        await runner.wait_entered()
+        def prepare(b: DynamicBatcher) -> None:
+            for rows in (1, 2, 4, 8):
+                b.observe_cost(rows, rows * MS)  # the controller's cap: 8
+            seed_a_costly_change_of_shape(b)
+
+        policy = BatchPolicy(max_batch_size=8, latency_target_ms=50, batch_shapes=(2, 4, 8))
+        b, runner, blocker = await held(policy, prepare=prepare)
         tasks = [submit(b, float(v)) for v in (1.0, 2.0, 3.0, 4.0, 5.0)]
         await until(lambda: b.queued_requests == 5)
         runner.release.set()
@@ -785,13 +796,9 @@ def test_with_batch_shapes_a_batch_is_padded_and_capped_at_the_instances_shape()
     waste of one small batch is far from a change's cost)."""
 
     async def main() -> None:
-        b = DynamicBatcher("m_1", [runner := Runner(hold=True)], BatchPolicy(max_batch_size=8, batch_shapes=(2, 4, 8)))
-        for rows, ms in ((2, 1), (2, 1), (2, 1), (4, 2), (4, 2), (2, 51)):  # as the warm-up would
-            b.observe_run(0, rows, ms * MS)
+        policy = BatchPolicy(max_batch_size=8, batch_shapes=(2, 4, 8))
+        b, runner, blocker = await held(policy, prepare=seed_a_costly_change_of_shape)
         assert b.planner(0).change_ns == 50 * MS
-        b.start()
-        blocker = asyncio.create_task(b.submit({"x": x(1, -1.0)}, rows=1))
-        await runner.wait_entered()
         rest = [submit(b, float(v)) for v in (10, 11, 12, 13, 14)]
         await until(lambda: b.queued_requests == 5)
         runner.release.set()
