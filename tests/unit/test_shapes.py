@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+import threading
+
+import pytest
+
 from ortserve.batching.shapes import ShapePlanner
 
 MS = 1_000_000
@@ -97,3 +102,29 @@ def test_a_part_of_a_failed_batch_runs_at_the_current_shape_and_changes_nothing(
     assert [planner.rows_for_part(n) for n in (1, 15, 32, 33, 80)] == [32, 32, 32, 40, 80]
     assert planner.current == 32 and planner._waste_ns == waste  # read-only: the next batch decides as before
     assert ShapePlanner(()).rows_for_part(5) == 5  # no shapes (CPU): parts run as they are
+
+
+def test_the_cost_of_a_shape_can_be_read_while_the_worker_records_runs() -> None:
+    """The batcher reads `cap` (and so `cost_ns`) for a latency-target batch staged behind a running
+    one while the instance's worker records that run (`observe`): the table of measured shapes may
+    grow under the read, which must still answer."""
+    shapes = tuple(range(1, 3001))
+    planner = ShapePlanner(shapes)
+    planner.observe(1, MS)  # the session's first run: ignored
+
+    def worker() -> None:
+        for rows in shapes:  # each shape twice in a row: the second run is its time
+            planner.observe(rows, rows * MS)
+            planner.observe(rows, rows * MS)
+
+    thread = threading.Thread(target=worker)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # hand the GIL over as often as Python allows
+    try:
+        thread.start()
+        while thread.is_alive():
+            planner.cost_ns(10_000)  # a shape never measured: the nearest measured one's time, scaled
+    finally:
+        sys.setswitchinterval(interval)
+        thread.join()
+    assert planner.cost_ns(10_000) == pytest.approx(10_000 * MS)

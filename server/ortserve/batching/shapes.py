@@ -125,7 +125,8 @@ class ShapePlanner:
         known = self._run_ns.get(shape)
         if known is not None:
             return known
-        if not self._run_ns:
+        measured = list(self._run_ns.items())  # one step: the worker may add a shape meanwhile (`cap`)
+        if not measured:
             return 0.0
-        nearest = min(self._run_ns, key=lambda s: abs(s - shape))
-        return self._run_ns[nearest] * shape / nearest
+        nearest, ns = min(measured, key=lambda item: abs(item[0] - shape))
+        return ns * shape / nearest
