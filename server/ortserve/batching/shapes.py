@@ -112,7 +112,10 @@ class ShapePlanner:
             return  # the session's first run: one-time costs, neither a shape's time nor a change's
         if previous == rows:
             known = self._run_ns.get(rows)
-            self._run_ns[rows] = ns if known is None else known + _ALPHA * (ns - known)
+            if known is None:  # a new table, never a grown one: `cost_ns` may be iterating this one (`cap`)
+                self._run_ns = {**self._run_ns, rows: float(ns)}
+            else:
+                self._run_ns[rows] = known + _ALPHA * (ns - known)
             return
         base = self._run_ns.get(rows)
         if base is None:
@@ -122,11 +125,11 @@ class ShapePlanner:
 
     def cost_ns(self, shape: int) -> float:
         """Estimated run time at `shape`: measured, else scaled from the nearest measured shape."""
-        known = self._run_ns.get(shape)
+        measured = self._run_ns  # the worker replaces the table to add a shape, never grows this one
+        known = measured.get(shape)
         if known is not None:
             return known
-        measured = list(self._run_ns.items())  # one step: the worker may add a shape meanwhile (`cap`)
         if not measured:
             return 0.0
-        nearest, ns = min(measured, key=lambda item: abs(item[0] - shape))
-        return ns * shape / nearest
+        nearest = min(measured, key=lambda s: abs(s - shape))
+        return measured[nearest] * shape / nearest
